@@ -1,0 +1,179 @@
+"""Tokenizer step: UTF-8 texts in, padded token-id tensors out.
+
+All texts of all requests in one ``execute`` call are tokenized in a single
+Rust batch call; each request is then padded to the smallest sequence-length
+bucket that fits its longest text, so the model step's dynamic batcher can merge
+requests of similar length (it only merges equal shapes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+try:  # only importable inside tritonserver's python stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - exercised outside Triton
+    pb_utils = None
+
+
+class TextInputError(ValueError):
+    """A request's text is unusable; the message names the text and the limit."""
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    max_length: int
+    buckets: tuple[int, ...]
+    pad_id: int
+    max_text_bytes: int
+    input_names: tuple[str, ...]  # the model inputs to produce, e.g. input_ids, attention_mask
+
+    @classmethod
+    def from_json(cls, text: str) -> "TokenizerSettings":
+        raw = json.loads(text)
+        return cls(
+            max_length=int(raw["max_length"]),
+            buckets=tuple(int(b) for b in raw["buckets"]),
+            pad_id=int(raw["pad_id"]),
+            max_text_bytes=int(raw["max_text_bytes"]),
+            input_names=tuple(raw["input_names"]),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "max_length": self.max_length,
+                "buckets": list(self.buckets),
+                "pad_id": self.pad_id,
+                "max_text_bytes": self.max_text_bytes,
+                "input_names": list(self.input_names),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Model inputs for one request, padded to a bucket, plus per-text truncation flags."""
+
+    arrays: dict[str, np.ndarray]  # name -> int64 [n, bucket]
+    truncated: np.ndarray  # bool [n]
+
+
+def load_tokenizer(path: str | Path, max_length: int) -> Tokenizer:
+    """Load ``tokenizer.json`` with its own padding removed and truncation set to ``max_length``.
+
+    A checkpoint's tokenizer.json may pad every text to a fixed length (the default
+    model pads to 128), which multiplies model time; we pad per request instead.
+    """
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def default_buckets(max_length: int) -> tuple[int, ...]:
+    """Powers of two from 16 up to ``max_length``, which is always the last bucket."""
+    buckets = [b for b in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if b < max_length]
+    return (*buckets, max_length)
+
+
+def choose_bucket(length: int, buckets: tuple[int, ...]) -> int:
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    return buckets[-1]
+
+
+def decode_texts(raw: np.ndarray, max_text_bytes: int) -> list[str]:
+    """Turn a BYTES tensor ([n] or [n, 1]) into strings, enforcing UTF-8 and the byte limit."""
+    texts = []
+    for index, item in enumerate(raw.reshape(-1)):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        if len(data) > max_text_bytes:
+            raise TextInputError(
+                f"TEXT[{index}] is {len(data)} bytes, over the limit of {max_text_bytes} bytes per text"
+            )
+        try:
+            texts.append(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TextInputError(
+                f"TEXT[{index}] is not valid UTF-8 (invalid byte at offset {exc.start})"
+            ) from None
+    return texts
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str], settings: TokenizerSettings) -> list:
+    """Encode texts in one batch call (truncated to max length, unpadded)."""
+    return tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
+
+
+def pad_to_bucket(encodings: list, settings: TokenizerSettings) -> TokenBatch:
+    """Pad one request's encodings to the smallest bucket that holds the longest of them."""
+    longest = max((len(e.ids) for e in encodings), default=1)
+    width = choose_bucket(longest, settings.buckets)
+    n = len(encodings)
+    ids = np.full((n, width), settings.pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    type_ids = np.zeros((n, width), dtype=np.int64)
+    truncated = np.zeros(n, dtype=bool)
+    for row, enc in enumerate(encodings):
+        length = len(enc.ids)
+        ids[row, :length] = enc.ids
+        mask[row, :length] = 1
+        type_ids[row, :length] = enc.type_ids
+        truncated[row] = bool(enc.overflowing)
+    available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+    return TokenBatch({name: available[name] for name in settings.input_names}, truncated)
+
+
+def encode_requests(
+    tokenizer: Tokenizer, requests_texts: list[list[str]], settings: TokenizerSettings
+) -> list[TokenBatch]:
+    """Tokenize several requests' texts in one batch call, then pad each request separately."""
+    flat = [text for texts in requests_texts for text in texts]
+    encodings = tokenize(tokenizer, flat, settings)
+    batches, start = [], 0
+    for texts in requests_texts:
+        batches.append(pad_to_bucket(encodings[start : start + len(texts)], settings))
+        start += len(texts)
+    return batches
+
+
+class TritonPythonModel:
+    """The tokenizer step as a Triton python-backend model."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.settings = TokenizerSettings.from_json(params["settings"])
+        self.tokenizer = load_tokenizer(version_dir / "tokenizer.json", self.settings.max_length)
+        self.text_input = config["input"][0]["name"]
+        self.truncated_output = params["truncated_output"]
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        texts_per_request, valid = [], []
+        for i, request in enumerate(requests):
+            raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
+            try:
+                texts_per_request.append(decode_texts(raw, self.settings.max_text_bytes))
+                valid.append(i)
+            except TextInputError as exc:
+                responses[i] = _error_response(str(exc))
+        for i, batch in zip(valid, encode_requests(self.tokenizer, texts_per_request, self.settings)):
+            tensors = [pb_utils.Tensor(name, array) for name, array in batch.arrays.items()]
+            tensors.append(pb_utils.Tensor(self.truncated_output, batch.truncated.reshape(-1, 1)))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+
+def _error_response(message: str):
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+    )

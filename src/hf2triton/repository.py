@@ -1,0 +1,254 @@
+"""Write the Triton model repository: ensemble ``NAME`` = tokenizer → model → postprocess.
+
+The repository is self-contained and relocatable: step code (``model.py``), the ONNX
+file, tokenizer.json, labels and settings are copied in; nothing points back to the
+checkpoint. It is staged outside the repository folder and moved into place at the
+end, so a running tritonserver never sees half a model, and a failed export leaves
+the previous repository as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hf2triton import contract
+from hf2triton.backends.tokenizer import TokenizerSettings
+from hf2triton.checkpoint import Checkpoint
+from hf2triton.errors import RepositoryError
+from hf2triton.tasks import HIDDEN
+from hf2triton.triton_config import (
+    Batching,
+    Ensemble,
+    EnsembleStep,
+    PythonModel,
+    Tensor,
+    build_ensemble,
+    build_python_model,
+    to_pbtxt,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "hf2triton.json"  # in the ensemble's folder: what built it, from which checkpoint
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How the served steps batch and how many instances run (tuned by measurement later)."""
+
+    max_batch_size: int = 32
+    tokenizer_instances: int = 1
+    model_instances: int = 1
+    postprocess_instances: int = 1
+    model_queue_delay_us: int = 0
+    intra_op_threads: int = 0  # ONNX Runtime threads per model instance; 0 = one per core
+
+    def __post_init__(self):
+        if not 1 <= self.max_batch_size <= 4096:
+            raise RepositoryError(f"max batch size {self.max_batch_size} is outside 1..4096")
+        for field_name in ("tokenizer_instances", "model_instances", "postprocess_instances"):
+            if getattr(self, field_name) < 1:
+                raise RepositoryError(f"{field_name.replace('_', ' ')} must be at least 1")
+        if self.intra_op_threads < 0:
+            raise RepositoryError("intra-op threads must be 0 (one per core) or more")
+
+
+@dataclass(frozen=True)
+class RepositoryLayout:
+    root: Path
+    name: str
+
+    @property
+    def steps(self) -> tuple[str, str, str]:
+        return contract.step_names(self.name)
+
+    @property
+    def model_dirs(self) -> tuple[Path, ...]:
+        return tuple(self.root / n for n in (self.name, *self.steps))
+
+    @property
+    def ensemble_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.root / self.steps[1] / VERSION / "model.onnx"
+
+    @property
+    def manifest(self) -> Path:
+        return self.ensemble_dir / MANIFEST
+
+
+def int64(name: str) -> Tensor:
+    return Tensor(name, "TYPE_INT64", (-1,))
+
+
+def step_models(
+    name: str, checkpoint: Checkpoint, settings: TokenizerSettings, serving: ServingOptions
+) -> tuple[PythonModel, PythonModel, PythonModel]:
+    """The three python-backend step configs for ``checkpoint``'s task."""
+    tokenizer_name, model_name, postprocess_name = contract.step_names(name)
+    task = checkpoint.task
+    width = checkpoint.hidden_size if task.name == "embeddings" else len(checkpoint.labels)
+    token_tensors = tuple(int64(n) for n in checkpoint.input_names)
+    truncated = Tensor(contract.OUTPUT_TRUNCATED, "TYPE_BOOL", (1,))
+    model_output = Tensor(
+        task.model_output, "TYPE_FP32", (-1, width) if task.model_output_has_sequence_axis else (width,)
+    )
+    mbs = serving.max_batch_size
+    tokenizer = PythonModel(
+        name=tokenizer_name,
+        inputs=(Tensor(contract.INPUT_TEXT, "TYPE_STRING", (1,)),),
+        outputs=(*token_tensors, truncated),
+        max_batch_size=mbs,
+        instance_count=serving.tokenizer_instances,
+        parameters={"settings": settings.to_json(), "truncated_output": contract.OUTPUT_TRUNCATED},
+    )
+    model = PythonModel(
+        name=model_name,
+        inputs=token_tensors,
+        outputs=(model_output,),
+        max_batch_size=mbs,
+        instance_count=serving.model_instances,
+        batching=Batching(max_queue_delay_us=serving.model_queue_delay_us),
+        parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads)},
+    )
+    available = {model_output.name: model_output, "attention_mask": int64("attention_mask")}
+    post_settings = {
+        "pooling": checkpoint.pooling.mode,
+        "normalize": checkpoint.pooling.normalize,
+        "labels": list(checkpoint.labels),
+        "multi_label": checkpoint.multi_label,
+    }
+    postprocess = PythonModel(
+        name=postprocess_name,
+        inputs=tuple(available[n] for n in task.postprocess_inputs),
+        outputs=tuple(
+            Tensor(o.name, o.data_type, tuple(width if d == HIDDEN else d for d in o.dims)) for o in task.outputs
+        ),
+        max_batch_size=mbs,
+        instance_count=serving.postprocess_instances,
+        parameters={"task": task.name, "settings": json.dumps(post_settings)},
+    )
+    return tokenizer, model, postprocess
+
+
+def ensemble_model(
+    name: str, steps: tuple[PythonModel, PythonModel, PythonModel], checkpoint: Checkpoint, settings: TokenizerSettings
+) -> Ensemble:
+    """Tie the steps together; every tensor keeps its step-level name inside the ensemble."""
+    tokenizer, model, postprocess = steps
+
+    def identity(tensors):
+        return {t.name: t.name for t in tensors}
+
+    return Ensemble(
+        name=name,
+        inputs=tokenizer.inputs,
+        outputs=(*postprocess.outputs, tokenizer.outputs[-1]),
+        max_batch_size=tokenizer.max_batch_size,
+        steps=(
+            EnsembleStep(tokenizer.name, identity(tokenizer.inputs), identity(tokenizer.outputs)),
+            EnsembleStep(model.name, identity(model.inputs), identity(model.outputs)),
+            EnsembleStep(postprocess.name, identity(postprocess.inputs), identity(postprocess.outputs)),
+        ),
+        parameters={
+            contract.PARAM_TASK: checkpoint.task.name,
+            contract.PARAM_LABELS: json.dumps(list(checkpoint.labels)),
+            contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
+            contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
+            contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
+        },
+    )
+
+
+def backend_source(module: str) -> bytes:
+    return resources.files("hf2triton.backends").joinpath(f"{module}.py").read_bytes()
+
+
+def check_destination(layout: RepositoryLayout, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to replace another model's folders unless ``overwrite``."""
+    if layout.root.exists() and not layout.root.is_dir():
+        raise RepositoryError(f"output {layout.root} exists and is not a directory")
+    existing = [d for d in layout.model_dirs if d.exists()]
+    if not existing or overwrite:
+        return
+    previous = None
+    if layout.manifest.exists():
+        try:
+            previous = json.loads(layout.manifest.read_text())["checkpoint"]["fingerprint"]
+        except (ValueError, KeyError):
+            previous = None
+    if previous != fingerprint:
+        names = ", ".join(d.name for d in existing)
+        raise RepositoryError(
+            f"{layout.root} already holds a different model under {names}; "
+            "pass --overwrite to replace it, or --name to export beside it"
+        )
+
+
+def write_model(staging: Path, config: PythonModel | Ensemble, files: dict[str, bytes | Path]) -> None:
+    """One model folder: version files first, config.pbtxt last."""
+    folder = staging / config.name
+    version = folder / VERSION
+    version.mkdir(parents=True)
+    for relative, content in files.items():
+        target = version / relative
+        if isinstance(content, Path):
+            shutil.copyfile(content, target)
+        else:
+            target.write_bytes(content)
+    built = build_ensemble(config) if isinstance(config, Ensemble) else build_python_model(config)
+    (folder / "config.pbtxt").write_text(to_pbtxt(built))
+
+
+def write_repository(
+    root: Path,
+    name: str,
+    checkpoint: Checkpoint,
+    onnx_file: Path,
+    tokenizer_json: Path,
+    settings: TokenizerSettings,
+    serving: ServingOptions,
+    manifest: dict,
+    reports: dict[str, dict],
+    overwrite: bool = False,
+) -> RepositoryLayout:
+    """Write the four model folders for ``name`` under ``root`` and return their layout."""
+    layout = RepositoryLayout(Path(root).resolve(), name)
+    check_destination(layout, checkpoint.fingerprint, overwrite)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    steps = step_models(name, checkpoint, settings, serving)
+    tokenizer, model, postprocess = steps
+    with tempfile.TemporaryDirectory(dir=layout.root.parent, prefix=f".{name}-staging-") as tmp:
+        staging = Path(tmp)
+        write_model(staging, tokenizer, {"model.py": backend_source("tokenizer"), "tokenizer.json": tokenizer_json})
+        write_model(staging, model, {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file})
+        write_model(staging, postprocess, {"model.py": backend_source("postprocess")})
+        write_model(staging, ensemble_model(name, steps, checkpoint, settings), {})
+        (staging / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for report_name, report in reports.items():
+            (staging / name / f"{report_name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        for folder in layout.model_dirs:
+            replace_dir(staging / folder.name, folder)
+    log.info("wrote ensemble %s to %s", name, layout.root)
+    return layout
+
+
+def replace_dir(new: Path, destination: Path) -> None:
+    """Move ``new`` to ``destination``, removing what was there only after the move succeeded."""
+    old = destination.with_name(f".{destination.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if destination.exists():
+        destination.rename(old)
+    shutil.move(str(new), str(destination))
+    if old.exists():
+        shutil.rmtree(old)

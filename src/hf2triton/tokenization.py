@@ -1,0 +1,61 @@
+"""The checkpoint's fast tokenizer, as the served tokenizer step will load it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from hf2triton.backends.tokenizer import TokenizerSettings, default_buckets, load_tokenizer
+from hf2triton.checkpoint import Checkpoint
+from hf2triton.errors import CheckpointError
+
+
+def write_tokenizer_json(checkpoint: Checkpoint, destination: Path) -> Path:
+    """Copy the checkpoint's tokenizer.json, or convert its slow tokenizer files into one."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint.tokenizer_file is not None:
+        destination.write_bytes(checkpoint.tokenizer_file.read_bytes())
+        return destination
+    from transformers import AutoTokenizer
+
+    try:
+        fast = AutoTokenizer.from_pretrained(checkpoint.path, use_fast=True)
+    except Exception as exc:  # conversion raises many types (missing sentencepiece, bad vocab)
+        raise CheckpointError(f"{checkpoint.path}: cannot build a fast tokenizer: {exc}") from exc
+    if not fast.is_fast:
+        raise CheckpointError(f"{checkpoint.path}: only a slow tokenizer is available; a fast one is needed")
+    fast.backend_tokenizer.save(str(destination))
+    return destination
+
+
+def pad_id(tokenizer_json: Path, checkpoint: Checkpoint) -> int:
+    """The padding token id: from tokenizer.json's padding, else its [PAD]/<pad> token."""
+    raw = Tokenizer.from_file(str(tokenizer_json))
+    if raw.padding:
+        return int(raw.padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<PAD>", "[pad]"):
+        token_id = raw.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise CheckpointError(f"{checkpoint.path}: the tokenizer has no padding token")
+
+
+def tokenizer_settings(
+    tokenizer_json: Path, checkpoint: Checkpoint, max_text_bytes: int, buckets: tuple[int, ...] | None = None
+) -> TokenizerSettings:
+    length = checkpoint.max_sequence_length
+    chosen = buckets or default_buckets(length)
+    if chosen[-1] != length or any(b > length for b in chosen):
+        chosen = tuple(sorted({b for b in chosen if b < length} | {length}))
+    return TokenizerSettings(
+        max_length=length,
+        buckets=chosen,
+        pad_id=pad_id(tokenizer_json, checkpoint),
+        max_text_bytes=max_text_bytes,
+        input_names=checkpoint.input_names,
+    )
+
+
+def served_tokenizer(tokenizer_json: Path, settings: TokenizerSettings) -> Tokenizer:
+    return load_tokenizer(tokenizer_json, settings.max_length)

@@ -1,0 +1,110 @@
+"""Triton model configs built as protobuf (``model_config_pb2.ModelConfig``), never templates.
+
+Small dataclasses describe each kind of model in the repository; ``build_*``
+turns them into protobuf, where a misspelt field fails loudly, and ``to_pbtxt``
+/ ``parse_pbtxt`` convert to and from the text Triton reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: str  # DataType enum name, e.g. "TYPE_INT64"
+    dims: tuple[int, ...]
+
+    def __post_init__(self):
+        if self.data_type not in pb.DataType.keys():
+            raise ValueError(f"tensor {self.name}: unknown data type {self.data_type!r}")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: merge queued requests of equal shape, waiting at most this long."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PythonModel:
+    """A python-backend model (tokenizer, ONNX Runtime model step, postprocess)."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int
+    instance_count: int = 1
+    batching: Batching = Batching()
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    model: str
+    input_map: dict[str, str]  # the step model's input name -> ensemble tensor
+    output_map: dict[str, str]  # the step model's output name -> ensemble tensor
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int
+    steps: tuple[EnsembleStep, ...]
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def _tensor(message, tensor: Tensor) -> None:
+    message.name = tensor.name
+    message.data_type = pb.DataType.Value(tensor.data_type)
+    message.dims.extend(tensor.dims)
+
+
+def _io(config: pb.ModelConfig, inputs, outputs) -> None:
+    for tensor in inputs:
+        _tensor(config.input.add(), tensor)
+    for tensor in outputs:
+        _tensor(config.output.add(), tensor)
+
+
+def _parameters(config: pb.ModelConfig, parameters: dict[str, str]) -> None:
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+
+
+def build_python_model(model: PythonModel) -> pb.ModelConfig:
+    config = pb.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
+    _io(config, model.inputs, model.outputs)
+    config.dynamic_batching.max_queue_delay_microseconds = model.batching.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(model.batching.preferred_batch_sizes)
+    group = config.instance_group.add(count=model.instance_count)
+    group.kind = pb.ModelInstanceGroup.KIND_CPU
+    _parameters(config, model.parameters)
+    return config
+
+
+def build_ensemble(ensemble: Ensemble) -> pb.ModelConfig:
+    config = pb.ModelConfig(name=ensemble.name, platform="ensemble", max_batch_size=ensemble.max_batch_size)
+    _io(config, ensemble.inputs, ensemble.outputs)
+    for step in ensemble.steps:
+        message = config.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+        message.input_map.update(step.input_map)
+        message.output_map.update(step.output_map)
+    _parameters(config, ensemble.parameters)
+    return config
+
+
+def to_pbtxt(config: pb.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str) -> pb.ModelConfig:
+    return text_format.Parse(text, pb.ModelConfig())

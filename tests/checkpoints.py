@@ -1,0 +1,90 @@
+"""Checkpoints the tests build themselves (no hub downloads): real ``save_pretrained`` folders.
+
+- the MiniLM backbone of the default model with a fresh classification head;
+- tiny randomly initialised encoders of each supported family, with a real fast
+  tokenizer (the default model's WordPiece, or a byte-level BPE trained here for
+  RoBERTa-style models, whose padding id is 1 and which take no token_type_ids).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import ByteLevelBPETokenizer
+
+from hf2triton.checkpoint import default_checkpoint
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+SENTIMENT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+TOPIC_LABELS = {0: "sports", 1: "politics", 2: "tech", 3: "health"}
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+BPE_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Serving transformer models with Triton is fast when requests are batched.",
+    "Le café était très bon, merci beaucoup! 日本語のテキスト 😀",
+] * 20
+
+
+def copy_wordpiece_tokenizer(destination: Path) -> None:
+    source = default_checkpoint()
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, destination / name)
+
+
+def minilm_classifier(destination: Path, labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False) -> Path:
+    """The default model's backbone with a fresh, seeded classification head."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        default_checkpoint(),
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    # A random head gives near-uniform probabilities; scale it so labels differ clearly.
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)
+    model.save_pretrained(destination)
+    copy_wordpiece_tokenizer(destination)
+    return destination
+
+
+def byte_level_bpe_tokenizer(destination: Path, max_length: int = 128) -> int:
+    """Train a small RoBERTa-style tokenizer and save it as a transformers fast tokenizer."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(BPE_CORPUS, vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    fast = transformers.RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=max_length)
+    fast.save_pretrained(destination)
+    return fast.vocab_size
+
+
+def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-classification",
+                 labels: dict[int, str] = SENTIMENT_LABELS) -> Path:
+    """A randomly initialised 2-layer encoder of ``model_type`` with a real tokenizer."""
+    destination.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    extra: dict = {}
+    if model_type in ("roberta", "xlm-roberta"):
+        vocab = byte_level_bpe_tokenizer(destination)
+        extra = dict(vocab_size=vocab + 8, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                     type_vocab_size=1, max_position_embeddings=130)
+    else:
+        copy_wordpiece_tokenizer(destination)
+        extra = dict(vocab_size=30522, pad_token_id=0)
+    if model_type == "distilbert":
+        config = transformers.AutoConfig.for_model(
+            model_type, dim=32, n_layers=2, n_heads=4, hidden_dim=64, **extra)
+    else:
+        config = transformers.AutoConfig.for_model(model_type, **TINY, **extra)
+    if task == "sequence-classification":
+        config.num_labels = len(labels)
+        config.id2label = dict(labels)
+        config.label2id = {v: k for k, v in labels.items()}
+        model = transformers.AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = transformers.AutoModel.from_config(config)
+    model.save_pretrained(destination)
+    return destination
