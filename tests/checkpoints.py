@@ -62,7 +62,7 @@ def byte_level_bpe_tokenizer(destination: Path, max_length: int = 128) -> int:
 
 
 def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-classification",
-                 labels: dict[int, str] = SENTIMENT_LABELS) -> Path:
+                 labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False) -> Path:
     """A randomly initialised 2-layer encoder of ``model_type`` with a real tokenizer."""
     destination.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -83,6 +83,8 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
         config.num_labels = len(labels)
         config.id2label = dict(labels)
         config.label2id = {v: k for k, v in labels.items()}
+        if multi_label:
+            config.problem_type = "multi_label_classification"
         model = transformers.AutoModelForSequenceClassification.from_config(config)
     else:
         model = transformers.AutoModel.from_config(config)

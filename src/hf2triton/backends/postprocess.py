@@ -17,6 +17,8 @@ except ImportError:  # pragma: no cover - exercised outside Triton
     pb_utils = None
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+# Output names; equal to hf2triton.contract's (this file cannot import hf2triton when served).
+LABEL_OUTPUT, SCORES_OUTPUT = "LABEL", "SCORES"
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -89,5 +91,5 @@ class TritonPythonModel:
             )
             return [pb_utils.Tensor(self.output_names[0], vectors)]
         probs, top = classify(feed["logits"], self.settings["labels"], self.settings["multi_label"])
-        by_name = {"LABEL": top.reshape(-1, 1), "SCORES": probs}
+        by_name = {LABEL_OUTPUT: top.reshape(-1, 1), SCORES_OUTPUT: probs}
         return [pb_utils.Tensor(name, by_name[name]) for name in self.output_names]

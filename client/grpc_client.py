@@ -1,0 +1,74 @@
+"""Query a served hf2triton ensemble over gRPC with the synchronous client.
+
+Run (server started with ``hf2triton serve`` or the container, gRPC on port 8001)::
+
+    python client/grpc_client.py
+    python client/grpc_client.py --url 127.0.0.1:8001 --model all_minilm_l6_v2 "first text" "second text"
+
+Without an installed package, prefix with ``PYTHONPATH=src``. Embedding models print
+each vector's size and the cosine-similarity matrix; classifiers print labels and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from hf2triton.client import DEFAULT_MODEL, Classification, Client, Embedding, Result
+from hf2triton.errors import Hf2TritonError
+
+DEFAULT_TEXTS = [
+    "Triton serves many models at once.",
+    "An inference server runs several models side by side.",
+    "The cat sat on the mat.",
+]
+
+
+def parse_args(argv: list[str] | None, default_url: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("texts", nargs="*", help="texts to send (default: three example sentences)")
+    parser.add_argument("--url", default=default_url, help=f"host:port of the server (default {default_url})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default {DEFAULT_MODEL})")
+    parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the model to be ready")
+    return parser.parse_args(argv)
+
+
+def print_results(texts: list[str], results: list[Result]) -> None:
+    """Print classifications, or embeddings with their cosine similarities."""
+    for text, result in zip(texts, results):
+        cut = " (truncated)" if result.truncated else ""
+        if isinstance(result, Classification):
+            top = ", ".join(f"{name}={p:.3f}" for name, p in sorted(result.scores.items(), key=lambda kv: -kv[1])[:5])
+            print(f"{result.label:>12}  {result.score:.3f}  {text!r}{cut}  [{top}]")
+        elif isinstance(result, Embedding):
+            head = " ".join(f"{x:+.3f}" for x in result.vector[:4])
+            print(f"dim={result.vector.shape[0]} [{head} ...]  {text!r}{cut}")
+    vectors = [r.vector for r in results if isinstance(r, Embedding)]
+    if len(vectors) > 1:
+        matrix = np.stack(vectors)
+        print("cosine similarity:")
+        print(np.array2string(matrix @ matrix.T, precision=3, suppress_small=True))
+
+
+def run(protocol: str, args: argparse.Namespace) -> int:
+    texts = args.texts or DEFAULT_TEXTS
+    try:
+        with Client(args.url, protocol=protocol, model=args.model) as client:
+            info = client.wait_for_model(timeout_s=args.wait)
+            print(f"{info.name}: task={info.task} max_batch_size={info.max_batch_size} "
+                  f"max_sequence_length={info.max_sequence_length} via {protocol} at {args.url}")
+            print_results(texts, client.infer(texts))
+    except Hf2TritonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("grpc", parse_args(argv, "127.0.0.1:8001"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Shared fixtures: checkpoints built once per session, one exported repository, one server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import checkpoints  # noqa: E402  (tests/checkpoints.py)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    from hf2triton.checkpoint import default_checkpoint
+
+    return default_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier_dir(checkpoint_root) -> Path:
+    return checkpoints.minilm_classifier(checkpoint_root / "sentiment")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_multilabel_dir(checkpoint_root) -> Path:
+    return checkpoints.tiny_encoder(
+        checkpoint_root / "topics", "roberta", labels=checkpoints.TOPIC_LABELS, multi_label=True
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoint_root):
+    """Factory: a tiny encoder of a model type and task, built once per session."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def make(model_type: str, task: str = "sequence-classification") -> Path:
+        key = (model_type, task)
+        if key not in built:
+            built[key] = checkpoints.tiny_encoder(checkpoint_root / f"{model_type}-{task}", model_type, task)
+        return built[key]
+
+    return make
+
+
+# Ensembles exported once per session into one repository; e2e tests serve it.
+SENTIMENT, TOPICS, DEFAULT = "sentiment", "topics", "all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir):
+    """A repository with the default embedder, a MiniLM sentiment classifier and a tiny
+    multi-label RoBERTa (max batch 8, so clients must chunk)."""
+    from hf2triton.pipeline import ExportOptions, export_checkpoint
+    from hf2triton.repository import ServingOptions
+
+    root = tmp_path_factory.mktemp("repository") / "model_repository"
+    results = {
+        DEFAULT: export_checkpoint(ExportOptions(output_dir=root)),
+        SENTIMENT: export_checkpoint(ExportOptions(checkpoint=minilm_classifier_dir, output_dir=root, name=SENTIMENT)),
+        TOPICS: export_checkpoint(
+            ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS,
+                          max_text_bytes=2000, serving=ServingOptions(max_batch_size=8))
+        ),
+    }
+    return root, results
+
+
+@pytest.fixture(scope="session")
+def server(repository, tmp_path_factory):
+    """One real tritonserver (the bundled CPU build) on free loopback ports for all e2e tests."""
+    from hf2triton.server import LocalTritonServer, ServerConfig
+
+    root, _ = repository
+    log_file = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file)
+    with LocalTritonServer(config).start(ready_timeout_s=180) as running:
+        yield running
