@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -206,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # Third-party chatter (weight-loading bars, export warnings) is not the user's concern.
+    # Checkpoints are local: never reach for a hub. Third-party chatter (weight-loading
+    # progress bars, export warnings) is not the user's concern.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("transformers", "torch", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
