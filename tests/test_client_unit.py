@@ -430,7 +430,7 @@ def _example_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-@pytest.mark.parametrize("example", ["http_client.py", "grpc_client.py", "async_client.py"])
+@pytest.mark.parametrize("example", ["sync_client.py", "async_client.py"])
 def test_python_examples_run_help_and_report_unreachable_server(example):
     path = str(ROOT / "client" / example)
     helped = subprocess.run([sys.executable, path, "--help"], env=_example_env(), capture_output=True, text=True)

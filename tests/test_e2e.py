@@ -2,8 +2,11 @@
 (sync and asyncio), compared with PyTorch run in-process on the same texts."""
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +182,34 @@ def test_cli_infer_reports_an_unreachable_server_without_traceback():
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- the client/ examples, for real
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "client"
+
+
+def run_example(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_sync_client_example(server, protocol):
+    result = run_example(sys.executable, str(EXAMPLES / "sync_client.py"), "--protocol", protocol,
+                         "--url", url(server, protocol), "--model", SENTIMENT, "I love it", "I hate it")
+    assert result.returncode == 0, result.stderr
+    assert f"via {protocol}" in result.stdout and "'I love it'" in result.stdout
+
+
+def test_async_client_example(server):
+    result = run_example(sys.executable, str(EXAMPLES / "async_client.py"), "--url", server.grpc_url,
+                         "--copies", "3")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_kserve_example(server):
+    env = {**os.environ, "URL": f"http://{server.http_url}", "MODEL": DEFAULT}
+    result = run_example("bash", str(EXAMPLES / "curl_kserve.sh"), "raw KServe v2 JSON", env=env)
+    assert result.returncode == 0, result.stderr
+    assert '"EMBEDDING"' in result.stdout.replace(" ", "") or "EMBEDDING" in result.stdout

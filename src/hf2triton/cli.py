@@ -88,7 +88,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="(default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=8002, help="(default: %(default)s)")
-    parser.add_argument("--log-file", type=Path, help="server log (default: tritonserver.log beside the repository)")
+    parser.add_argument("--log-file", type=Path,
+                        help="file the server log is streamed to (default: a new /tmp/tritonserver-*.log, printed at start)")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbosity level")
 
 

@@ -1,9 +1,10 @@
-"""Query a served hf2triton ensemble over gRPC with the synchronous client.
+"""Query a served hf2triton ensemble over gRPC or HTTP (KServe v2) with the synchronous client.
 
-Run (server started with ``hf2triton serve`` or the container, gRPC on port 8001)::
+Run (server started with ``hf2triton serve`` or the container: HTTP 8000, gRPC 8001)::
 
-    python client/grpc_client.py
-    python client/grpc_client.py --url 127.0.0.1:8001 --model all_minilm_l6_v2 "first text" "second text"
+    python client/sync_client.py                                   # gRPC, default model
+    python client/sync_client.py --protocol http "first text" "second text"
+    python client/sync_client.py --url 127.0.0.1:8001 --model sentiment "What a great film"
 
 Without an installed package, prefix with ``PYTHONPATH=src``. Embedding models print
 each vector's size and the cosine-similarity matrix; classifiers print labels and scores.
@@ -26,10 +27,14 @@ DEFAULT_TEXTS = [
 ]
 
 
-def parse_args(argv: list[str] | None, default_url: str) -> argparse.Namespace:
+DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="*", help="texts to send (default: three example sentences)")
-    parser.add_argument("--url", default=default_url, help=f"host:port of the server (default {default_url})")
+    parser.add_argument("--protocol", choices=sorted(DEFAULT_URLS), default="grpc")
+    parser.add_argument("--url", help="host:port of the server (default 127.0.0.1:8001 for grpc, :8000 for http)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default {DEFAULT_MODEL})")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the model to be ready")
     return parser.parse_args(argv)
@@ -52,13 +57,14 @@ def print_results(texts: list[str], results: list[Result]) -> None:
         print(np.array2string(matrix @ matrix.T, precision=3, suppress_small=True))
 
 
-def run(protocol: str, args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     texts = args.texts or DEFAULT_TEXTS
+    protocol, url = args.protocol, args.url or DEFAULT_URLS[args.protocol]
     try:
-        with Client(args.url, protocol=protocol, model=args.model) as client:
+        with Client(url, protocol=protocol, model=args.model) as client:
             info = client.wait_for_model(timeout_s=args.wait)
             print(f"{info.name}: task={info.task} max_batch_size={info.max_batch_size} "
-                  f"max_sequence_length={info.max_sequence_length} via {protocol} at {args.url}")
+                  f"max_sequence_length={info.max_sequence_length} via {protocol} at {url}")
             print_results(texts, client.infer(texts))
     except Hf2TritonError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -67,7 +73,7 @@ def run(protocol: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("grpc", parse_args(argv, "127.0.0.1:8001"))
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":
