@@ -15,7 +15,8 @@ log = logging.getLogger("hf2triton")
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from hf2triton.onnx_export import DEFAULT_OPSET
-    from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES, DEFAULT_MODEL_NAME
+    from hf2triton.contract import DEFAULT_MODEL_NAME
+    from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES
 
     parser.add_argument(
         "checkpoint",
@@ -116,7 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    from hf2triton.pipeline import DEFAULT_MODEL_NAME
+    from hf2triton.contract import DEFAULT_MODEL_NAME
 
     parser.add_argument("--url", help="server address (default: 127.0.0.1:8001 for grpc, :8000 for http)")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")

@@ -60,7 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all_minilm_l6_v2"
+DEFAULT_MODEL = contract.DEFAULT_MODEL_NAME
 TASK_EMBEDDINGS = "embeddings"
 TASK_SEQUENCE_CLASSIFICATION = "sequence-classification"
 

@@ -8,6 +8,8 @@ as parameters of the ensemble's model config, so any Triton client can read them
 
 from __future__ import annotations
 
+DEFAULT_MODEL_NAME = "all_minilm_l6_v2"  # the ensemble name of the embedded default model
+
 INPUT_TEXT = "TEXT"
 OUTPUT_TRUNCATED = "TRUNCATED"
 OUTPUT_EMBEDDING = "EMBEDDING"

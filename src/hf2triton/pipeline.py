@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from hf2triton.contract import DEFAULT_MODEL_NAME
 from hf2triton.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import CheckpointError
 from hf2triton.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
@@ -24,7 +25,6 @@ from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_t
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "all_minilm_l6_v2"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 
