@@ -1,0 +1,93 @@
+"""The accuracy guard: a variant (fp16, int8) against the fp32 ONNX reference.
+
+Both run in ONNX Runtime on the same held-out texts, padded per batch as served.
+The figure that decides is the one users feel: mean cosine of the pooled embedding,
+or top-label agreement for classifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hf2triton.backends import postprocess
+from hf2triton.backends.onnx_model import create_session
+from hf2triton.backends.tokenizer import TokenBatch, TokenizerSettings, encode_requests
+from hf2triton.checkpoint import Checkpoint
+
+DEFAULT_MIN_COSINE = 0.99
+DEFAULT_MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    metric: str  # "mean_cosine" or "label_agreement"
+    value: float
+    worst: float  # min cosine, or the largest probability change
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold
+
+    def summary(self) -> str:
+        worst = "min cosine" if self.metric == "mean_cosine" else "max |Δp|"
+        return f"{self.metric} {self.value:.4f} (threshold {self.threshold}), {worst} {self.worst:.4f}"
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Held-out texts tokenized once, with the fp32 reference's task answers."""
+
+    batches: tuple[TokenBatch, ...]
+    reference: np.ndarray  # [n, H] unit embeddings, or [n, L] probabilities
+
+    @property
+    def texts(self) -> int:
+        return len(self.reference)
+
+
+def task_answers(session, batches, checkpoint: Checkpoint) -> np.ndarray:
+    """Unit-normalised embeddings or class probabilities for every text, in order."""
+    answers = []
+    output = checkpoint.task.model_output
+    for batch in batches:
+        raw = session.run([output], batch.arrays)[0].astype(np.float32)
+        if checkpoint.task.name == "embeddings":
+            answers.append(postprocess.embed(raw, batch.arrays["attention_mask"], checkpoint.pooling.mode, True))
+        else:
+            answers.append(postprocess.classify(raw, list(checkpoint.labels), checkpoint.multi_label)[0])
+    return np.concatenate(answers)
+
+
+def evaluation_set(
+    reference_onnx: Path, checkpoint: Checkpoint, tokenizer, settings: TokenizerSettings,
+    texts: list[str], batch_size: int = 16,
+) -> EvaluationSet:
+    groups = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    batches = tuple(encode_requests(tokenizer, groups, settings))
+    return EvaluationSet(batches, task_answers(create_session(reference_onnx), batches, checkpoint))
+
+
+def measure(
+    candidate_onnx: Path, evaluation: EvaluationSet, checkpoint: Checkpoint,
+    min_cosine: float = DEFAULT_MIN_COSINE, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+) -> Accuracy:
+    answers = task_answers(create_session(candidate_onnx), evaluation.batches, checkpoint)
+    return compare(evaluation.reference, answers, checkpoint, min_cosine, min_agreement)
+
+
+def compare(
+    reference: np.ndarray, answers: np.ndarray, checkpoint: Checkpoint,
+    min_cosine: float = DEFAULT_MIN_COSINE, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+) -> Accuracy:
+    if checkpoint.task.name == "embeddings":
+        cosine = (reference * answers).sum(axis=1)
+        return Accuracy("mean_cosine", float(cosine.mean()), float(cosine.min()), min_cosine)
+    if checkpoint.multi_label:
+        agree = ((reference >= 0.5) == (answers >= 0.5)).all(axis=1)
+    else:
+        agree = reference.argmax(axis=1) == answers.argmax(axis=1)
+    return Accuracy("label_agreement", float(agree.mean()), float(np.abs(reference - answers).max()), min_agreement)

@@ -1,0 +1,1 @@
+"""Text sets shipped with hf2triton: calibration.txt and heldout.txt."""
