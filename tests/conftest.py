@@ -57,9 +57,11 @@ SENTIMENT, TOPICS, DEFAULT = "sentiment", "topics", "all_minilm_l6_v2"
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir):
     """A repository with the default embedder, a MiniLM sentiment classifier and a tiny
-    multi-label RoBERTa (max batch 8, so clients must chunk)."""
+    multi-label RoBERTa (max batch 8, so clients must chunk) with its int8 variants
+    served side by side (``topics_int8_qdq``, ``topics_int8_dynamic``, ...)."""
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
+    from hf2triton.variants import VariantOptions
 
     root = tmp_path_factory.mktemp("repository") / "model_repository"
     results = {
@@ -67,7 +69,9 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
         SENTIMENT: export_checkpoint(ExportOptions(checkpoint=minilm_classifier_dir, output_dir=root, name=SENTIMENT)),
         TOPICS: export_checkpoint(
             ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS,
-                          max_text_bytes=2000, serving=ServingOptions(max_batch_size=8))
+                          max_text_bytes=2000, serving=ServingOptions(max_batch_size=8),
+                          variants=VariantOptions(precisions=("fp32", "int8"), calibration_method="minmax",
+                                                  benchmark=False, min_agreement=0.9, min_cosine=0.9))
         ),
     }
     return root, results

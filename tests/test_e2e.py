@@ -107,6 +107,28 @@ def test_async_clients_answer_like_the_sync_one(server, protocol):
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
+def test_served_int8_variant_answers_like_the_in_process_int8_model(server, repository):
+    """The int8 QDQ ensemble served beside fp32 gives what its ONNX file gives in-process."""
+    from hf2triton.accuracy import task_answers
+    from hf2triton.backends.onnx_model import create_session
+    from hf2triton.backends.tokenizer import TokenizerSettings, encode_requests, load_tokenizer
+    from hf2triton.triton_config import parse_pbtxt
+
+    root, results = repository
+    texts = [text[:300] for text in TEXTS[:8]]  # the topics model's byte limit is 2000
+    tokenizer_dir = root / f"{TOPICS}_tokenizer"
+    config = parse_pbtxt((tokenizer_dir / "config.pbtxt").read_text())
+    settings = TokenizerSettings.from_json(config.parameters["settings"].string_value)
+    tokenizer = load_tokenizer(tokenizer_dir / "1" / "tokenizer.json", settings.max_length)
+    session = create_session(root / f"{TOPICS}_model_int8_qdq" / "1" / "model.onnx")
+    expected = task_answers(session, encode_requests(tokenizer, [texts], settings), results[TOPICS].checkpoint)
+    with Client(server.grpc_url, model=f"{TOPICS}_int8_qdq") as client:
+        info = client.wait_for_model(timeout_s=60)
+        served = np.array([[r.scores[label] for label in info.labels] for r in client.classify(texts)])
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert {v.name for v in results[TOPICS].variants} >= {"fp32", "int8_qdq", "int8_dynamic"}
+
+
 # ---------------------------------------------------------------- bad input, server keeps serving
 
 

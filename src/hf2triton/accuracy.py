@@ -32,6 +32,11 @@ class Accuracy:
     def passed(self) -> bool:
         return self.value >= self.threshold
 
+    def short(self) -> str:
+        worst = "min" if self.metric == "mean_cosine" else "max |Δp|"
+        verdict = "ok" if self.passed else f"FAIL < {self.threshold}"
+        return f"{self.metric} {self.value:.4f} ({worst} {self.worst:.4f}) {verdict}"
+
     def summary(self) -> str:
         worst = "min cosine" if self.metric == "mean_cosine" else "max |Δp|"
         return f"{self.metric} {self.value:.4f} (threshold {self.threshold}), {worst} {self.worst:.4f}"

@@ -49,6 +49,7 @@ class Checkpoint:
     input_names: tuple[str, ...]  # model inputs, in the order the ONNX graph takes them
     max_sequence_length: int  # the model's own limit (positions / sentence-transformers)
     hidden_size: int
+    attention_heads: int
     labels: tuple[str, ...]  # classification: id2label in id order
     multi_label: bool
     pooling: Pooling
@@ -202,6 +203,7 @@ def inspect_checkpoint(
         input_names=model_input_names(config),
         max_sequence_length=max_length or limit,
         hidden_size=config.hidden_size,
+        attention_heads=config.num_attention_heads,
         labels=labels_of(config) if classifier else (),
         multi_label=classifier and config.problem_type == "multi_label_classification",
         pooling=sentence_transformers_pooling(path) if chosen.name == "embeddings" else Pooling(),

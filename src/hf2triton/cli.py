@@ -45,6 +45,31 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the repository even when the parity check fails (it still reports)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different model already in the output under the same name")
+    precision = parser.add_argument_group("precision variants (each checked against fp32 on held-out text)")
+    precision.add_argument("--precision", default="fp32",
+                           help="comma-separated: fp32,fp16,int8 (int8 = TensorRT-style QDQ + ONNX Runtime "
+                           "dynamic variants for CPU) (default: %(default)s)")
+    precision.add_argument("--calibration-data", type=Path,
+                           help="INT8 calibration text: .txt (one per line), .jsonl or .csv (default: a set "
+                           "shipped with hf2triton)")
+    precision.add_argument("--calibration-column", default="text", help="field/column for .jsonl/.csv")
+    precision.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"],
+                           default="percentile", help="INT8 range calibration (default: %(default)s)")
+    precision.add_argument("--min-agreement", type=float, default=0.99,
+                           help="accuracy guard: min mean cosine (embeddings) or label agreement "
+                           "(classifiers) vs fp32; INT8 keeps sensitive nodes in fp32 until met "
+                           "(default: %(default)s)")
+    precision.add_argument("--select", action="store_true",
+                           help="serve the fastest variant that passes the guard and is measurably faster")
+    precision.add_argument("--no-benchmark", action="store_true", help="skip the side-by-side latency grid")
+    precision.add_argument("--engines", action="store_true",
+                           help="build TensorRT plans from the fp16/int8 ONNX (needs a GPU and TensorRT: "
+                           "run in the builder container)")
+    parser.add_argument("--backend", choices=["python-ort", "onnxruntime", "tensorrt"], default="python-ort",
+                        help="model step: python-ort runs on the bundled CPU server; onnxruntime and tensorrt "
+                        "use the Triton container's backends (default: %(default)s)")
+    parser.add_argument("--ort-tensorrt-precision", choices=["FP16", "FP32"],
+                        help="onnxruntime backend: enable its TensorRT execution provider")
     parser.add_argument("--model-instances", type=int, default=1, help="ONNX Runtime step instances")
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="ONNX Runtime threads per model instance (0: one per core)")
@@ -53,11 +78,24 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
+    from hf2triton.variants import VariantOptions
 
     serving = ServingOptions(
         max_batch_size=args.max_batch_size,
         model_instances=args.model_instances,
         intra_op_threads=args.intra_op_threads,
+        backend=args.backend,
+        ort_tensorrt_precision=args.ort_tensorrt_precision,
+    )
+    variants = VariantOptions(
+        precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
+        calibration_data=args.calibration_data,
+        calibration_column=args.calibration_column,
+        calibration_method=args.calibration_method,
+        min_cosine=args.min_agreement,
+        min_agreement=args.min_agreement,
+        benchmark=not args.no_benchmark,
+        select=args.select,
     )
     result = export_checkpoint(
         ExportOptions(
@@ -72,15 +110,38 @@ def run_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             allow_parity_failure=args.allow_parity_failure,
             serving=serving,
+            variants=variants,
+            engines=args.engines,
         )
     )
     layout = result.layout
     print(f"{result.parity.summary()}")
+    print_variants(result)
     print(f"wrote ensemble '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
           f"in {result.seconds['total']:.1f} s")
     print(f"  report: {layout.ensemble_dir / 'parity.json'}")
     print(f"  serve it: hf2triton serve --model-repository {layout.root}")
     return 0
+
+
+def print_variants(result) -> None:
+    """A readable table of the precision variants: accuracy, size, speed vs fp32."""
+    from hf2triton.variants import throughput_ratio
+
+    if len(result.variants) < 2:
+        return
+    print(f"{'variant':<27} {'accuracy vs fp32':<44} {'MB':>7} {'x fp32 (b32)':>13}  runs on")
+    for variant in result.variants:
+        accuracy = variant.accuracy.short() if variant.accuracy else "reference"
+        speed = f"{throughput_ratio(list(result.grid), variant.name):.2f}" if result.grid else "-"
+        served = " (served)" if variant.name == result.served else ""
+        print(f"{variant.name + served:<27} {accuracy:<44} {variant.size_bytes / 1e6:7.1f} {speed:>13}  "
+              f"{variant.report()['runs_on']}")
+        if variant.fp32_nodes:
+            print(f"{'':<27} {len(variant.fp32_nodes)} nodes kept in fp32: {', '.join(variant.fp32_nodes)}")
+    for note in result.notes:
+        print(f"  select: {note}")
+    print(f"  report: {result.layout.ensemble_dir / 'report.json'}")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from hf2triton.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
 from hf2triton.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, ServingOptions, write_repository
 from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.variants import GridCell, Variant, VariantOptions, benchmark_grid, build_variants, select_variant
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,16 @@ class ExportOptions:
     overwrite: bool = False
     allow_parity_failure: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
+    variants: VariantOptions = field(default_factory=VariantOptions)
+    engines: bool = False  # build TensorRT plans from the fp16 / int8 QDQ files (GPU + TensorRT)
 
     def __post_init__(self):
         if self.name is not None and not NAME_PATTERN.match(self.name):
             raise CheckpointError(
                 f"model name {self.name!r} is invalid: use letters, digits, '_' and '-' (at most 64)"
             )
+        if self.serving.backend == "tensorrt" and not self.engines:
+            raise CheckpointError("--backend tensorrt serves TensorRT plans: add --engines (on a GPU machine)")
         if self.max_text_bytes < 1:
             raise CheckpointError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
 
@@ -58,6 +63,10 @@ class ExportResult:
     checkpoint: Checkpoint
     parity: ParityReport
     seconds: dict[str, float]
+    variants: tuple[Variant, ...] = ()
+    served: str = "fp32"
+    grid: tuple[GridCell, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def model_name(options: ExportOptions, checkpoint_path: Path, is_default: bool) -> str:
@@ -107,6 +116,10 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
     """Export, check and write; raises an ``Hf2TritonError`` subclass with a clear message."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    if options.engines:  # fail before any work when engines cannot be built here
+        from hf2triton.tensorrt_build import check_engine_prerequisites
+
+        check_engine_prerequisites()
     is_default = options.checkpoint is None
     path = default_checkpoint() if is_default else Path(options.checkpoint)
     checkpoint = inspect_checkpoint(path, task=options.task, max_length=options.max_length)
@@ -128,18 +141,77 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         seconds["parity"] = time.perf_counter() - mark
         require_parity(report, options.allow_parity_failure)
         mark = time.perf_counter()
+        variants = build_variants(onnx_file, work, checkpoint, served_tokenizer(tokenizer_json, settings),
+                                  settings, options.variants)
+        seconds["variants"] = time.perf_counter() - mark
+        grid, notes, served = measure_and_select(variants, settings, options.variants)
+        plans = build_engines(variants, work, checkpoint, settings, options) if options.engines else {}
+        mark = time.perf_counter()
+        extra = {v.name: v.path for v in variants if v.name != served.name}
+        reports = {
+            "parity": asdict(report),
+            "report": variant_report(variants, served, grid, notes, plans),
+        }
         layout = write_repository(
             options.output_dir,
             name,
             checkpoint,
-            onnx_file,
+            served.path,
             tokenizer_json,
             settings,
             options.serving,
             build_manifest(name, checkpoint, options, settings),
-            {"parity": asdict(report)},
+            reports,
             overwrite=options.overwrite,
+            variants=extra,
+            plans={cc: path for cc, path in plans.items()},
         )
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
-    return ExportResult(layout, checkpoint, report, seconds)
+    return ExportResult(layout, checkpoint, report, seconds, tuple(variants), served.name, tuple(grid), tuple(notes))
+
+
+def measure_and_select(
+    variants: list[Variant], settings, options: VariantOptions
+) -> tuple[list[GridCell], list[str], Variant]:
+    """Side-by-side latency grid; with ``select``, the fastest variant that passes and is worth it."""
+    if len(variants) == 1 or not options.benchmark:
+        return [], [], variants[0]
+    grid = benchmark_grid(variants, settings)
+    if not options.select:
+        return grid, [], variants[0]
+    chosen, notes = select_variant(variants, grid)
+    log.info("selected %s to serve: %s", chosen.name, "; ".join(notes))
+    return grid, notes, chosen
+
+
+def build_engines(variants: list[Variant], work: Path, checkpoint: Checkpoint, settings, options: ExportOptions):
+    """TensorRT plans from the most compact variant the engine can take (int8 QDQ, else fp16)."""
+    from hf2triton.tensorrt_build import EngineSpec, build_engine, check_engine_prerequisites
+
+    trt, gpu = check_engine_prerequisites()
+    by_name = {v.name: v for v in variants}
+    source = by_name.get("int8_qdq") or by_name.get("fp16")
+    if source is None:
+        raise CheckpointError("--engines needs --precision fp16 and/or int8: precision lives in the ONNX graph")
+    spec = EngineSpec(
+        onnx_file=source.path,
+        plan_file=work / "engines" / "model.plan",
+        precision="int8" if source.name == "int8_qdq" else "fp16",
+        input_names=checkpoint.input_names,
+        max_batch_size=options.serving.max_batch_size,
+        buckets=settings.buckets,
+        timing_cache=options.output_dir / ".tensorrt-timing.cache",
+    )
+    info = build_engine(spec, trt, gpu)
+    return {info.compute_capability: spec.plan_file}
+
+
+def variant_report(variants: list[Variant], served: Variant, grid: list[GridCell], notes: list[str], plans) -> dict:
+    return {
+        "served": served.name,
+        "selection": notes,
+        "variants": {v.name: v.report() for v in variants},
+        "latency_ms": [asdict(cell) for cell in grid],
+        "engines": {cc: str(path.name) for cc, path in plans.items()},
+    }

@@ -142,6 +142,8 @@ def local_errors(prepared: Path, ranges_cache: Path, nodes: list[str], sample: T
     for node in nodes:
         x = np.concatenate(collected[activation_of[node]])
         weight = numpy_helper.to_array(weights[next(i for i in by_name[node].input if i in weights)])
+        if any(a.name == "transB" and a.i for a in by_name[node].attribute):  # Gemm stores W as [N, K]
+            weight = weight.T
         bound = ranges[activation_of[node]].range_value
         x_scale = max(abs(float(np.asarray(bound[0]).max())), abs(float(np.asarray(bound[1]).max()))) / 127
         w_scale = np.abs(weight).max(axis=0, keepdims=True) / 127
@@ -215,7 +217,7 @@ def guarded_qdq(
     )
 
 
-def dynamic_int8(fp32_onnx: Path, destination: Path, fused: bool = False) -> Path:
+def dynamic_int8(fp32_onnx: Path, destination: Path, fused: bool = False, heads: int = 0, hidden: int = 0) -> Path:
     """ONNX Runtime dynamic quantization (int8 per-channel weights, activations at run time).
 
     CPU only: TensorRT cannot read the result. ``fused`` first applies ONNX Runtime's
@@ -227,7 +229,7 @@ def dynamic_int8(fp32_onnx: Path, destination: Path, fused: bool = False) -> Pat
         source = fp32_onnx
         extra = {}
         if fused:
-            source = fuse_for_cpu(fp32_onnx, Path(tmp) / "fused.onnx")
+            source = fuse_for_cpu(fp32_onnx, Path(tmp) / "fused.onnx", heads, hidden)
             extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         else:
             source = prepare(fp32_onnx, Path(tmp) / "prepared.onnx")
@@ -236,10 +238,14 @@ def dynamic_int8(fp32_onnx: Path, destination: Path, fused: bool = False) -> Pat
     return destination
 
 
-def fuse_for_cpu(fp32_onnx: Path, destination: Path) -> Path:
-    """ORT's transformer optimizer: fused contrib ops, CPU/ORT only (TensorRT cannot parse them)."""
+def fuse_for_cpu(fp32_onnx: Path, destination: Path, heads: int = 0, hidden: int = 0) -> Path:
+    """ORT's transformer optimizer: fused contrib ops, CPU/ORT only (TensorRT cannot parse them).
+
+    Head count and hidden size come from the checkpoint: the optimizer's own detection
+    fails on these graphs and then silently skips the Attention fusion.
+    """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(fp32_onnx), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+    optimized = optimize_model(str(fp32_onnx), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1)
     optimized.save_model_to_file(str(destination))
     return destination

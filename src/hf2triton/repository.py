@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -26,15 +26,18 @@ from hf2triton.triton_config import (
     Batching,
     Ensemble,
     EnsembleStep,
+    PlatformModel,
     PythonModel,
     Tensor,
     build_ensemble,
+    build_platform_model,
     build_python_model,
     to_pbtxt,
 )
 
 log = logging.getLogger(__name__)
 
+BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
 MANIFEST = "hf2triton.json"  # in the ensemble's folder: what built it, from which checkpoint
 VERSION = "1"
 
@@ -49,8 +52,14 @@ class ServingOptions:
     postprocess_instances: int = 1
     model_queue_delay_us: int = 0
     intra_op_threads: int = 0  # ONNX Runtime threads per model instance; 0 = one per core
+    # Model-step flavour: "python-ort" runs anywhere the python backend does (the bundled
+    # CPU server); "onnxruntime" and "tensorrt" use the Triton container's own backends.
+    backend: str = "python-ort"
+    ort_tensorrt_precision: str | None = None  # onnxruntime flavour: TensorRT EP, "FP16"/"FP32"
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise RepositoryError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not 1 <= self.max_batch_size <= 4096:
             raise RepositoryError(f"max batch size {self.max_batch_size} is outside 1..4096")
         for field_name in ("tokenizer_instances", "model_instances", "postprocess_instances"):
@@ -64,6 +73,7 @@ class ServingOptions:
 class RepositoryLayout:
     root: Path
     name: str
+    variants: tuple[str, ...] = ()  # extra ensembles NAME_<variant> over NAME_model_<variant>
 
     @property
     def steps(self) -> tuple[str, str, str]:
@@ -71,7 +81,8 @@ class RepositoryLayout:
 
     @property
     def model_dirs(self) -> tuple[Path, ...]:
-        return tuple(self.root / n for n in (self.name, *self.steps))
+        extra = [n for v in self.variants for n in (variant_ensemble(self.name, v), variant_model(self.name, v))]
+        return tuple(self.root / n for n in (self.name, *self.steps, *extra))
 
     @property
     def ensemble_dir(self) -> Path:
@@ -84,6 +95,31 @@ class RepositoryLayout:
     @property
     def manifest(self) -> Path:
         return self.ensemble_dir / MANIFEST
+
+
+def variant_ensemble(name: str, variant: str) -> str:
+    return f"{name}_{variant}"
+
+
+def variant_model(name: str, variant: str) -> str:
+    return f"{name}_model_{variant}"
+
+
+def platform_step(model: PythonModel, serving: ServingOptions, cc_plans: dict[str, str]) -> PlatformModel:
+    """The same model step for the container's ONNX Runtime or TensorRT backend."""
+    tensorrt = serving.backend == "tensorrt"
+    return PlatformModel(
+        name=model.name,
+        platform="tensorrt_plan" if tensorrt else "onnxruntime_onnx",
+        inputs=model.inputs,
+        outputs=model.outputs,
+        max_batch_size=model.max_batch_size,
+        default_model_filename="model.plan" if tensorrt else "model.onnx",
+        instance_count=model.instance_count,
+        batching=model.batching,
+        cc_model_filenames=cc_plans if tensorrt else {},
+        ort_tensorrt_precision=None if tensorrt else serving.ort_tensorrt_precision,
+    )
 
 
 def int64(name: str) -> Tensor:
@@ -194,7 +230,9 @@ def check_destination(layout: RepositoryLayout, fingerprint: str, overwrite: boo
         )
 
 
-def write_model(staging: Path, config: PythonModel | Ensemble, files: dict[str, bytes | Path]) -> None:
+def write_model(
+    staging: Path, config: PythonModel | PlatformModel | Ensemble, files: dict[str, bytes | Path]
+) -> None:
     """One model folder: version files first, config.pbtxt last."""
     folder = staging / config.name
     version = folder / VERSION
@@ -205,7 +243,8 @@ def write_model(staging: Path, config: PythonModel | Ensemble, files: dict[str, 
             shutil.copyfile(content, target)
         else:
             target.write_bytes(content)
-    built = build_ensemble(config) if isinstance(config, Ensemble) else build_python_model(config)
+    builders = {Ensemble: build_ensemble, PythonModel: build_python_model, PlatformModel: build_platform_model}
+    built = builders[type(config)](config)
     (folder / "config.pbtxt").write_text(to_pbtxt(built))
 
 
@@ -220,9 +259,17 @@ def write_repository(
     manifest: dict,
     reports: dict[str, dict],
     overwrite: bool = False,
+    variants: dict[str, Path] | None = None,
+    plans: dict[str, Path] | None = None,
 ) -> RepositoryLayout:
-    """Write the four model folders for ``name`` under ``root`` and return their layout."""
-    layout = RepositoryLayout(Path(root).resolve(), name)
+    """Write the model folders for ``name`` under ``root`` and return their layout.
+
+    ``onnx_file`` is what ``NAME`` serves; each of ``variants`` (name → ONNX file) gets its
+    own ensemble ``NAME_<variant>`` sharing the tokenizer and postprocess steps. With the
+    tensorrt backend, ``plans`` maps compute capability → engine file for the model step.
+    """
+    variants = variants or {}
+    layout = RepositoryLayout(Path(root).resolve(), name, tuple(variants))
     check_destination(layout, checkpoint.fingerprint, overwrite)
     layout.root.mkdir(parents=True, exist_ok=True)
     steps = step_models(name, checkpoint, settings, serving)
@@ -230,9 +277,16 @@ def write_repository(
     with tempfile.TemporaryDirectory(dir=layout.root.parent, prefix=f".{name}-staging-") as tmp:
         staging = Path(tmp)
         write_model(staging, tokenizer, {"model.py": backend_source("tokenizer"), "tokenizer.json": tokenizer_json})
-        write_model(staging, model, {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file})
+        write_model_step(staging, model, onnx_file, serving, plans or {})
         write_model(staging, postprocess, {"model.py": backend_source("postprocess")})
         write_model(staging, ensemble_model(name, steps, checkpoint, settings), {})
+        for variant, variant_file in variants.items():
+            variant_step = replace(model, name=variant_model(name, variant))
+            flavour = "python-ort" if serving.backend == "python-ort" else "onnxruntime"
+            write_model_step(staging, variant_step, variant_file, replace(serving, backend=flavour), {})
+            ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
+                                      checkpoint, settings)
+            write_model(staging, ensemble, {})
         (staging / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for report_name, report in reports.items():
             (staging / name / f"{report_name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -240,6 +294,29 @@ def write_repository(
             replace_dir(staging / folder.name, folder)
     log.info("wrote ensemble %s to %s", name, layout.root)
     return layout
+
+
+def write_model_step(
+    staging: Path, model: PythonModel, onnx_file: Path, serving: ServingOptions, plans: dict[str, Path]
+) -> None:
+    """The model step in the chosen flavour: python-ort (model.py + model.onnx), the
+    container's onnxruntime backend (model.onnx), or tensorrt (one plan per GPU arch)."""
+    if serving.backend == "python-ort":
+        write_model(staging, model, {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file})
+        return
+    if serving.backend == "onnxruntime":
+        write_model(staging, platform_step(model, serving, {}), {"model.onnx": onnx_file})
+        return
+    if not plans:
+        raise RepositoryError("the tensorrt backend needs engines: export with --engines on a GPU machine")
+    files: dict[str, bytes | Path] = {}
+    cc_plans = {}
+    for capability, plan in sorted(plans.items()):
+        filename = "model.plan" if len(plans) == 1 else f"model.sm{capability.replace('.', '')}.plan"
+        files[filename] = plan
+        files[f"{filename}.json"] = plan.with_name(plan.name + ".json")
+        cc_plans[capability] = filename
+    write_model(staging, platform_step(model, serving, cc_plans if len(plans) > 1 else {}), files)
 
 
 def replace_dir(new: Path, destination: Path) -> None:

@@ -46,6 +46,32 @@ class PythonModel:
 
 
 @dataclass(frozen=True)
+class PlatformModel:
+    """A model step run by a Triton backend of the container: ONNX Runtime or TensorRT.
+
+    ``platform`` is "onnxruntime_onnx" or "tensorrt_plan". The instance kind is left to
+    Triton (GPU where there is one, else CPU), so one repository serves both.
+    """
+
+    name: str
+    platform: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int
+    default_model_filename: str
+    instance_count: int = 1
+    batching: Batching = Batching()
+    cc_model_filenames: dict[str, str] = field(default_factory=dict)  # compute capability -> plan
+    ort_tensorrt_precision: str | None = None  # "FP16"/"FP32": ORT's TensorRT execution provider
+
+    def __post_init__(self):
+        if self.platform not in ("onnxruntime_onnx", "tensorrt_plan"):
+            raise ValueError(f"model {self.name}: unsupported platform {self.platform!r}")
+        if self.ort_tensorrt_precision and self.platform != "onnxruntime_onnx":
+            raise ValueError(f"model {self.name}: the TensorRT execution provider is an ONNX Runtime option")
+
+
+@dataclass(frozen=True)
 class EnsembleStep:
     model: str
     input_map: dict[str, str]  # the step model's input name -> ensemble tensor
@@ -88,6 +114,25 @@ def build_python_model(model: PythonModel) -> pb.ModelConfig:
     group = config.instance_group.add(count=model.instance_count)
     group.kind = pb.ModelInstanceGroup.KIND_CPU
     _parameters(config, model.parameters)
+    return config
+
+
+def build_platform_model(model: PlatformModel) -> pb.ModelConfig:
+    config = pb.ModelConfig(
+        name=model.name,
+        platform=model.platform,
+        max_batch_size=model.max_batch_size,
+        default_model_filename=model.default_model_filename,
+    )
+    _io(config, model.inputs, model.outputs)
+    config.dynamic_batching.max_queue_delay_microseconds = model.batching.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(model.batching.preferred_batch_sizes)
+    config.instance_group.add(count=model.instance_count)
+    config.cc_model_filenames.update(model.cc_model_filenames)
+    if model.ort_tensorrt_precision:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = model.ort_tensorrt_precision
+        accelerator.parameters["max_workspace_size_bytes"] = str(4 << 30)
     return config
 
 

@@ -1,0 +1,184 @@
+"""TensorRT engines from the FP16 and INT8 QDQ ONNX files.
+
+Precision lives in the ONNX graph (TensorRT 10 deprecated, TensorRT 11 removed the
+FP16/INT8 builder flags and implicit calibration): networks are built strongly typed
+where the TensorRT version has that mode; only TensorRT < 10 gets the precision flags.
+
+Engines are tied to the exact TensorRT version and GPU: each plan gets a sidecar
+``<plan>.json`` recording both, which ``hf2triton check`` compares with the server.
+Without TensorRT or a GPU, building stops with a message saying how to build in the
+``builder`` container (same TensorRT release as the Triton image).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from hf2triton.errors import ExportError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+BUILD_IN_CONTAINER = (
+    "build engines inside the TensorRT container that matches the Triton image: "
+    "`docker compose run --rm builder` (see README, 'Deploy on a GPU')"
+)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # e.g. "8.9"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    onnx_file: Path
+    plan_file: Path
+    precision: str  # "fp16" or "int8": what the ONNX graph carries
+    input_names: tuple[str, ...]
+    max_batch_size: int
+    buckets: tuple[int, ...]  # sequence-length buckets the tokenizer pads to
+    per_bucket_profiles: bool = False  # one optimisation profile per bucket
+    workspace_bytes: int = 4 << 30
+    timing_cache: Path | None = None  # reused between builds
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    plan_file: str
+    tensorrt_version: str
+    compute_capability: str
+    gpu_name: str
+    precision: str
+    profiles: list[dict] = field(default_factory=list)
+
+    def write_sidecar(self, plan: Path) -> Path:
+        sidecar = plan.with_name(plan.name + ".json")
+        sidecar.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return sidecar
+
+
+def import_tensorrt() -> ModuleType:
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError(f"TensorRT is not installed here (it needs an NVIDIA GPU); {BUILD_IN_CONTAINER}") from None
+    return tensorrt
+
+
+def detect_gpu() -> GpuInfo:
+    """The first CUDA GPU's name and compute capability, from nvidia-smi or torch."""
+    if shutil.which("nvidia-smi"):
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            name, capability = (part.strip() for part in result.stdout.splitlines()[0].rsplit(",", 1))
+            return GpuInfo(name, capability)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")
+    except ImportError:
+        pass
+    raise MissingDependencyError(f"no NVIDIA GPU found (nvidia-smi and torch.cuda see none); {BUILD_IN_CONTAINER}")
+
+
+def shape_profiles(spec: EngineSpec) -> list[dict[str, tuple[tuple[int, int], ...]]]:
+    """(min, opt, max) shapes per input: one profile over all lengths, or one per bucket."""
+    batch_opt = max(1, spec.max_batch_size // 2)
+    if spec.per_bucket_profiles:
+        ranges = [(low + 1, high, high) for low, high in zip((0, *spec.buckets[:-1]), spec.buckets)]
+    else:
+        ranges = [(1, spec.buckets[len(spec.buckets) // 2], spec.buckets[-1])]
+    return [
+        {name: ((1, low), (batch_opt, opt), (spec.max_batch_size, high)) for name in spec.input_names}
+        for low, opt, high in ranges
+    ]
+
+
+def network_flags(trt: ModuleType) -> tuple[int, bool]:
+    """Creation flags, and whether precision must come from builder flags (TensorRT < 10)."""
+    major = int(trt.__version__.split(".")[0])
+    if major >= 11:
+        return 0, False  # strongly typed is the only mode
+    creation = trt.NetworkDefinitionCreationFlag
+    if major >= 10 and hasattr(creation, "STRONGLY_TYPED"):
+        return 1 << int(creation.STRONGLY_TYPED), False
+    return 1 << int(creation.EXPLICIT_BATCH), True
+
+
+def build_engine(spec: EngineSpec, trt: ModuleType | None = None, gpu: GpuInfo | None = None) -> EngineInfo:
+    """Parse, configure and build one plan; write it and its sidecar. Raises ExportError on failure."""
+    trt = trt or import_tensorrt()
+    gpu = gpu or detect_gpu()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags, precision_flags = network_flags(trt)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(spec.onnx_file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {spec.onnx_file}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
+    if precision_flags:
+        config.set_flag(trt.BuilderFlag.FP16)
+        if spec.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+    profiles = shape_profiles(spec)
+    for shapes in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in shapes.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
+    cached = spec.timing_cache.read_bytes() if spec.timing_cache and spec.timing_cache.exists() else b""
+    cache = config.create_timing_cache(cached)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine from {spec.onnx_file} (see the log above)")
+    spec.plan_file.parent.mkdir(parents=True, exist_ok=True)
+    spec.plan_file.write_bytes(bytes(serialized))
+    if spec.timing_cache:
+        spec.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    info = EngineInfo(
+        plan_file=spec.plan_file.name,
+        tensorrt_version=trt.__version__,
+        compute_capability=gpu.compute_capability,
+        gpu_name=gpu.name,
+        precision=spec.precision,
+        profiles=[{n: [list(s) for s in shape] for n, shape in p.items()} for p in profiles],
+    )
+    info.write_sidecar(spec.plan_file)
+    log.info("built %s (%s, TensorRT %s, sm %s)", spec.plan_file, spec.precision, trt.__version__, gpu.compute_capability)
+    return info
+
+
+def compare_with_onnxruntime(spec: EngineSpec, feeds: list[dict], atol: float = 1e-2) -> bool:
+    """Polygraphy runs the plan and the ONNX file on the same feeds and compares outputs."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    runners = [
+        TrtRunner(EngineFromBytes(BytesFromPath(str(spec.plan_file)))),
+        OnnxrtRunner(SessionFromOnnx(str(spec.onnx_file))),
+    ]
+    results = Comparator.run(runners, data_loader=feeds)
+    return bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol)))
+
+
+def check_engine_prerequisites() -> tuple[ModuleType, GpuInfo]:
+    """Fail before any work when engines cannot be built here."""
+    return import_tensorrt(), detect_gpu()

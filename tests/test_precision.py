@@ -1,0 +1,185 @@
+"""Precision variants on real (tiny) exported models: calibration input, the accuracy guard
+and its fp32 fallback, fp16 and dynamic int8, repository flavours, the engine builder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from hf2triton.accuracy import evaluation_set, measure
+from hf2triton.calibration import (CalibrationDataError, packaged_texts, packed_feeds, read_texts,
+                                   unpadded_feeds)
+from hf2triton.checkpoint import inspect_checkpoint
+from hf2triton.fp16 import guarded_fp16
+from hf2triton.onnx_export import export_onnx, load_torch_model
+from hf2triton.quantize import QuantizationError, dynamic_int8, exclusion_search, guarded_qdq, weight_nodes
+from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_checkpoint):
+    """A tiny BERT classifier exported to fp32 ONNX, with its tokenizer and held-out set."""
+    work = tmp_path_factory.mktemp("precision")
+    checkpoint = inspect_checkpoint(tiny_checkpoint("bert"), max_length=64)
+    tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
+    settings = tokenizer_settings(tokenizer_json, checkpoint, 65536)
+    tokenizer = served_tokenizer(tokenizer_json, settings)
+    fp32 = export_onnx(load_torch_model(checkpoint), checkpoint, work / "model.onnx")
+    evaluation = evaluation_set(fp32, checkpoint, tokenizer, settings, packaged_texts("heldout")[:64])
+    return work, checkpoint, tokenizer, settings, fp32, evaluation
+
+
+def test_shipped_text_sets_are_disjoint_and_sized():
+    calibration, heldout = packaged_texts("calibration"), packaged_texts("heldout")
+    assert len(calibration) >= 300 and len(heldout) >= 200
+    assert not set(calibration) & set(heldout)
+
+
+def test_calibration_files_in_three_formats(tmp_path):
+    texts = [f"sentence number {i}" for i in range(10)]
+    (tmp_path / "a.txt").write_text("\n".join(texts) + "\n\n")
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"review": t}) for t in texts))
+    (tmp_path / "a.csv").write_text("id,review\n" + "\n".join(f"{i},{t}" for i, t in enumerate(texts)))
+    assert read_texts(tmp_path / "a.txt") == texts
+    assert read_texts(tmp_path / "a.jsonl", column="review") == texts
+    assert read_texts(tmp_path / "a.csv", column="review") == texts
+    with pytest.raises(CalibrationDataError, match="no column 'text'"):
+        read_texts(tmp_path / "a.csv")
+    with pytest.raises(CalibrationDataError, match=":1: no string field 'text'"):
+        read_texts(tmp_path / "a.jsonl")
+    (tmp_path / "few.txt").write_text("one\ntwo\n")
+    with pytest.raises(CalibrationDataError, match="2 texts; calibration needs at least 8"):
+        read_texts(tmp_path / "few.txt")
+
+
+def test_calibration_feeds_carry_no_padding(tiny):
+    _, _, tokenizer, settings, _, _ = tiny
+    texts = packaged_texts("calibration")[:20]
+    for feed in unpadded_feeds(tokenizer, texts, settings).feeds + packed_feeds(tokenizer, texts, settings, 32).feeds:
+        assert feed["attention_mask"].all()
+    packed = packed_feeds(tokenizer, texts, settings, 32).feeds
+    assert {f["input_ids"].shape for f in packed} == {(1, 32)}  # histogram calibrators need one shape
+
+
+def test_exclusion_search_finds_the_fewest_nodes():
+    calls = []
+
+    def passes(k):
+        calls.append(k)
+        return k >= 5
+
+    assert exclusion_search(passes, limit=30) == 5
+    assert calls[:4] == [0, 1, 2, 4] and len(calls) < 10
+    assert exclusion_search(lambda k: False, limit=6) is None
+    assert exclusion_search(lambda k: True, limit=6) == 0
+
+
+def test_int8_qdq_is_symmetric_per_channel_on_weight_matmuls_only(tiny, tmp_path):
+    work, checkpoint, tokenizer, settings, fp32, evaluation = tiny
+    feeds = unpadded_feeds(tokenizer, packaged_texts("calibration")[:40], settings)
+    result = guarded_qdq(fp32, tmp_path / "int8.onnx", checkpoint, feeds, evaluation, method="minmax",
+                         min_agreement=0.0)
+    assert result.fp32_nodes == () and result.accuracy.passed
+    model = onnx.load(str(result.path))
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    zero_points = {i.name: i for i in model.graph.initializer}
+    assert quantize, "no Q/DQ inserted"
+    for node in quantize:
+        zero = onnx.numpy_helper.to_array(zero_points[node.input[2]])
+        assert zero.dtype == np.int8 and not zero.any(), "activations must be symmetric int8"
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":  # never on a MatMul output (residual stream)
+            assert produced_by.get(node.input[0]) is None or produced_by[node.input[0]].op_type != "MatMul"
+    assert len(result.quantized_nodes) == len(weight_nodes(onnx.load(str(fp32))))
+
+
+def test_guard_falls_back_or_fails_clearly(tiny, tmp_path):
+    work, checkpoint, tokenizer, settings, fp32, evaluation = tiny
+    feeds = unpadded_feeds(tokenizer, packaged_texts("calibration")[:40], settings)
+    full = guarded_qdq(fp32, tmp_path / "full.onnx", checkpoint, feeds, evaluation, method="minmax", min_agreement=0.0)
+    strict = (full.accuracy.value + 1.0) / 2 if full.accuracy.value < 1.0 else 1.01
+    try:
+        guarded = guarded_qdq(fp32, tmp_path / "strict.onnx", checkpoint, feeds, evaluation, method="minmax",
+                              min_agreement=strict)
+    except QuantizationError as exc:
+        assert "no INT8 QDQ variant met label_agreement" in str(exc) and "in fp32:" in str(exc)
+    else:
+        assert guarded.fp32_nodes and guarded.accuracy.value >= strict
+        assert measure(guarded.path, evaluation, checkpoint).value >= strict
+    with pytest.raises(QuantizationError, match="even with 1 of"):
+        guarded_qdq(fp32, tmp_path / "never.onnx", checkpoint, feeds, evaluation, method="minmax",
+                    min_agreement=1.01, max_fp32_nodes=1)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_methods_work(tiny, tmp_path, method):
+    work, checkpoint, tokenizer, settings, fp32, evaluation = tiny
+    feeds = packed_feeds(tokenizer, packaged_texts("calibration")[:60], settings, 32)
+    result = guarded_qdq(fp32, tmp_path / f"{method}.onnx", checkpoint, feeds, evaluation, method=method,
+                         min_agreement=0.0)
+    assert result.path.exists()
+
+
+def test_fp16_and_dynamic_int8_pass_the_guard(tiny, tmp_path):
+    work, checkpoint, tokenizer, settings, fp32, evaluation = tiny
+    half = guarded_fp16(fp32, tmp_path / "fp16.onnx", checkpoint, evaluation)
+    assert half.accuracy.passed
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(half.path)).graph.initializer)
+    assert [i.type.tensor_type.elem_type for i in onnx.load(str(half.path)).graph.output] == [onnx.TensorProto.FLOAT]
+    for fused in (False, True):
+        path = dynamic_int8(fp32, tmp_path / f"dyn{fused}.onnx", fused=fused,
+                            heads=checkpoint.attention_heads, hidden=checkpoint.hidden_size)
+        assert measure(path, evaluation, checkpoint).passed
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, "build/export.py", *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=600)
+
+
+def test_export_with_variants_writes_side_by_side_ensembles_and_a_report(tmp_path, tiny_checkpoint):
+    result = run_export(str(tiny_checkpoint("distilbert")), "-o", str(tmp_path), "-n", "clf",
+                        "--precision", "fp32,fp16,int8", "--calibration-method", "minmax", "--select")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "clf" / "report.json").read_text())
+    assert set(report["variants"]) == {"fp32", "fp16", "int8_qdq", "int8_dynamic", "int8_dynamic_fused"}
+    assert len(report["latency_ms"]) == 9 and report["selection"]
+    served = report["served"]
+    for variant in set(report["variants"]) - {served}:
+        assert (tmp_path / f"clf_{variant}" / "config.pbtxt").exists()
+        assert (tmp_path / f"clf_model_{variant}" / "1" / "model.onnx").exists()
+    assert "variant" in result.stdout and "x fp32" in result.stdout
+
+
+def test_onnxruntime_backend_flavour(tmp_path, tiny_checkpoint):
+    from hf2triton.triton_config import parse_pbtxt
+
+    result = run_export(str(tiny_checkpoint("roberta")), "-o", str(tmp_path), "-n", "clf", "--backend",
+                        "onnxruntime", "--ort-tensorrt-precision", "FP16", "--precision", "fp32,int8",
+                        "--calibration-method", "minmax", "--no-benchmark")
+    assert result.returncode == 0, result.stderr
+    config = parse_pbtxt((tmp_path / "clf_model" / "config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.default_model_filename == "model.onnx"
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert not (tmp_path / "clf_model" / "1" / "model.py").exists()
+    variant = parse_pbtxt((tmp_path / "clf_model_int8_dynamic" / "config.pbtxt").read_text())
+    assert variant.platform == "onnxruntime_onnx"
+    assert parse_pbtxt((tmp_path / "clf_tokenizer" / "config.pbtxt").read_text()).backend == "python"
+
+
+def test_engines_without_tensorrt_stop_with_a_clear_message_and_no_repository(tmp_path, tiny_checkpoint):
+    result = run_export(str(tiny_checkpoint("bert")), "-o", str(tmp_path / "repo"), "--precision",
+                        "fp32,int8", "--engines")
+    assert result.returncode == 2
+    assert "TensorRT is not installed" in result.stderr and "builder" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "repo").exists()
+    result = run_export(str(tiny_checkpoint("bert")), "-o", str(tmp_path / "repo"), "--backend", "tensorrt")
+    assert result.returncode == 2 and "--engines" in result.stderr
