@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -89,4 +90,24 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
     else:
         model = transformers.AutoModel.from_config(config)
     model.save_pretrained(destination)
+    return destination
+
+
+def lora_adapter(destination: Path, base: Path) -> Path:
+    """A LoRA adapter (query/value, r=4) over ``base`` with non-zero weights, saved by PEFT."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(1)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8,
+                                                  target_modules=["query", "value"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapter a visible effect
+                parameter.normal_(0, 0.5)
+    peft_model.save_pretrained(destination)
+    config = destination / "adapter_config.json"
+    raw = json.loads(config.read_text())
+    raw["base_model_name_or_path"] = str(base)
+    config.write_text(json.dumps(raw))
     return destination

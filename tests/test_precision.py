@@ -183,3 +183,49 @@ def test_engines_without_tensorrt_stop_with_a_clear_message_and_no_repository(tm
     assert "Traceback" not in result.stderr and not (tmp_path / "repo").exists()
     result = run_export(str(tiny_checkpoint("bert")), "-o", str(tmp_path / "repo"), "--backend", "tensorrt")
     assert result.returncode == 2 and "--engines" in result.stderr
+
+
+def test_lora_adapter_is_merged_before_export(tmp_path, tiny_checkpoint):
+    """A PEFT checkpoint exports like any other: the served ONNX equals base + adapter in PyTorch."""
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    import checkpoints
+    from hf2triton.pipeline import ExportOptions, export_checkpoint
+
+    base = tiny_checkpoint("bert")
+    adapter = checkpoints.lora_adapter(tmp_path / "adapter", base)
+    before = sorted(p.name for p in adapter.iterdir())
+    result = export_checkpoint(ExportOptions(checkpoint=adapter, output_dir=tmp_path / "repo", name="lora"))
+    assert result.parity.passed
+    assert sorted(p.name for p in adapter.iterdir()) == before, "the adapter folder is read-only input"
+    manifest = json.loads((tmp_path / "repo" / "lora" / "hf2triton.json").read_text())
+    assert manifest["checkpoint"]["peft_adapter_merged"] and manifest["checkpoint"]["path"] == str(adapter)
+
+    peft_model = PeftModel.from_pretrained(transformers.AutoModelForSequenceClassification.from_pretrained(base),
+                                           adapter).eval()
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(base).eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        expected, unadapted = peft_model(**feed).logits.numpy(), plain(**feed).logits.numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "repo" / "lora_model" / "1" / "model.onnx"))
+    served = session.run(None, {k: v.numpy() for k, v in feed.items()})[0]
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    assert np.abs(expected - unadapted).max() > 1e-3, "the adapter must change the answers"
+
+
+def test_adapter_with_missing_base_is_a_clear_error(tmp_path, tiny_checkpoint):
+    import checkpoints
+    from hf2triton.errors import CheckpointError
+    from hf2triton.pipeline import ExportOptions, export_checkpoint
+
+    adapter = checkpoints.lora_adapter(tmp_path / "adapter", tiny_checkpoint("bert"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "bert-base-uncased"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not a local checkpoint folder; hf2triton never downloads"):
+        export_checkpoint(ExportOptions(checkpoint=adapter, output_dir=tmp_path / "repo"))

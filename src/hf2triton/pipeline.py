@@ -19,6 +19,7 @@ from hf2triton.contract import DEFAULT_MODEL_NAME
 from hf2triton.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import CheckpointError
 from hf2triton.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
+from hf2triton.peft_merge import is_adapter, merge_adapter
 from hf2triton.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, ServingOptions, write_repository
 from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
@@ -87,14 +88,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, settings) -> dict:
+def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, settings, source: Path) -> dict:
     """What was built, from what, with which versions and command: enough to reproduce it."""
     return {
         "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "checkpoint": {
-            "path": str(checkpoint.path),
+            "path": str(source.resolve()),
+            "peft_adapter_merged": is_adapter(source),
             "fingerprint": checkpoint.fingerprint,
             "model_type": checkpoint.model_type,
             "architectures": list(checkpoint.architectures),
@@ -122,11 +124,12 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         check_engine_prerequisites()
     is_default = options.checkpoint is None
     path = default_checkpoint() if is_default else Path(options.checkpoint)
-    checkpoint = inspect_checkpoint(path, task=options.task, max_length=options.max_length)
-    name = model_name(options, checkpoint.path, is_default)
-    log.info("exporting %s (%s, %s) as %s", checkpoint.path, checkpoint.model_type, checkpoint.task.name, name)
     with tempfile.TemporaryDirectory(prefix="hf2triton-export-") as tmp:
         work = Path(tmp)
+        source = merge_adapter(path, work / "merged") if is_adapter(path) else path
+        checkpoint = inspect_checkpoint(source, task=options.task, max_length=options.max_length)
+        name = model_name(options, path.resolve(), is_default)
+        log.info("exporting %s (%s, %s) as %s", path, checkpoint.model_type, checkpoint.task.name, name)
         tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
         settings = tokenizer_settings(tokenizer_json, checkpoint, options.max_text_bytes)
         model = load_torch_model(checkpoint)
@@ -160,7 +163,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             tokenizer_json,
             settings,
             options.serving,
-            build_manifest(name, checkpoint, options, settings),
+            build_manifest(name, checkpoint, options, settings, path),
             reports,
             overwrite=options.overwrite,
             variants=extra,
