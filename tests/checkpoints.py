@@ -20,6 +20,7 @@ from hf2triton.checkpoint import default_checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 SENTIMENT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TOPIC_LABELS = {0: "sports", 1: "politics", 2: "tech", 3: "health"}
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 BPE_CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -79,14 +80,23 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
             model_type, dim=32, n_layers=2, n_heads=4, hidden_dim=64, **extra)
     else:
         config = transformers.AutoConfig.for_model(model_type, **TINY, **extra)
-    if task == "sequence-classification":
+    if task == "token-classification" and labels is SENTIMENT_LABELS:
+        labels = NER_LABELS
+    if task in ("sequence-classification", "token-classification"):
         config.num_labels = len(labels)
         config.id2label = dict(labels)
         config.label2id = {v: k for k, v in labels.items()}
         if multi_label:
             config.problem_type = "multi_label_classification"
-        model = transformers.AutoModelForSequenceClassification.from_config(config)
-    else:
-        model = transformers.AutoModel.from_config(config)
+    auto_class = {
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "token-classification": transformers.AutoModelForTokenClassification,
+    }.get(task, transformers.AutoModel)
+    model = auto_class.from_config(config)
+    if task == "token-classification":
+        # A random head labels nearly every token alike; scale it so tokens disagree and
+        # entities of several lengths and labels appear.
+        with torch.no_grad():
+            model.classifier.weight.mul_(30.0)
     model.save_pretrained(destination)
     return destination

@@ -16,7 +16,9 @@ log = logging.getLogger("hf2triton")
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from hf2triton.onnx_export import DEFAULT_OPSET
     from hf2triton.contract import DEFAULT_MODEL_NAME
+    from hf2triton.backends.postprocess import AGGREGATIONS
     from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES
+    from hf2triton.tasks import TASKS
 
     parser.add_argument(
         "checkpoint",
@@ -30,8 +32,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--name", help=f"ensemble name; steps are NAME_tokenizer, NAME_model, "
                         f"NAME_postprocess (default: the checkpoint folder's name, {DEFAULT_MODEL_NAME} "
                         "for the default model)")
-    parser.add_argument("--task", choices=["embeddings", "sequence-classification"],
+    parser.add_argument("--task", choices=sorted(TASKS),
                         help="override the task detected from config.json's architectures")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="simple",
+                        help="token classification: how token labels become entities, as in transformers' "
+                        "TokenClassificationPipeline (default: %(default)s)")
     parser.add_argument("--max-length", type=int, help="max tokens per text; longer texts are "
                         "truncated and flagged (default: the model's own limit)")
     parser.add_argument("--max-batch-size", type=int, default=32,
@@ -69,6 +74,7 @@ def run_export(args: argparse.Namespace) -> int:
             max_text_bytes=args.max_text_bytes,
             opset=args.opset,
             atol=args.atol,
+            aggregation=args.aggregation,
             overwrite=args.overwrite,
             allow_parity_failure=args.allow_parity_failure,
             serving=serving,
@@ -126,7 +132,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_results(texts: list[str], results: list) -> None:
-    from hf2triton.client import Classification, Embedding
+    from hf2triton.client import Classification, Embedding, Entities
 
     for text, result in zip(texts, results):
         shown = text if len(text) <= 60 else text[:57] + "..."
@@ -138,6 +144,11 @@ def print_results(texts: list[str], results: list) -> None:
             top = sorted(result.scores.items(), key=lambda kv: -kv[1])[:3]
             scores = ", ".join(f"{label} {score:.3f}" for label, score in top)
             print(f"{shown!r}: {result.label} ({result.score:.3f}){cut}  [{scores}]")
+        elif isinstance(result, Entities):
+            print(f"{shown!r}: {len(result.entities)} entities{cut}")
+            for entity in result.entities:
+                print(f"  {entity.label:<12} {entity.score:.3f}  [{entity.start}:{entity.end}] "
+                      f"{text[entity.start:entity.end]!r}")
         else:
             print(f"{shown!r}: {result}")
 

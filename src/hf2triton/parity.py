@@ -4,7 +4,8 @@ Both run on the same padded batches of mixed lengths (short, past the max length
 non-English, emoji, empty), tokenized by the served tokenizer code. Raw outputs are
 compared on real (non-padding) positions only — padded positions carry no meaning —
 and the task-level answer is compared as the user sees it (cosine of the pooled
-embedding; agreement of the top label).
+embedding; agreement of the top label; for token classification, agreement of
+every real token's label, since entities are built from those).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class ParityReport:
     truncated_texts: int
     max_abs_diff: float
     atol: float
-    metric: str  # "min_cosine" or "label_agreement"
+    metric: str  # "min_cosine", "label_agreement" or "token_label_agreement"
     metric_value: float
     metric_threshold: float
     passed: bool
@@ -129,14 +130,17 @@ def check_parity(
             a = postprocess.embed(reference, mask, pooling.mode, True)
             b = postprocess.embed(candidate, mask, pooling.mode, True)
             cosines.extend((a * b).sum(axis=1).tolist())
+        elif task.model_output_has_sequence_axis:  # token labels: every real token counts
+            agreements.extend(labels_agree(reference[mask], candidate[mask], atol).tolist())
         else:
             agreements.extend(labels_agree(reference, candidate, atol).tolist())
     if task.name == "embeddings":
         metric, value, threshold = "min_cosine", float(min(cosines)), 0.9999
-        ok = value >= threshold
+    elif task.model_output_has_sequence_axis:
+        metric, value, threshold = "token_label_agreement", float(np.mean(agreements)), 1.0
     else:
         metric, value, threshold = "label_agreement", float(np.mean(agreements)), 1.0
-        ok = value >= threshold
+    ok = value >= threshold
     report = ParityReport(
         task=task.name,
         texts=len(texts),

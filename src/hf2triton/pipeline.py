@@ -15,13 +15,14 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from hf2triton.backends.postprocess import AGGREGATIONS
 from hf2triton.contract import DEFAULT_MODEL_NAME
 from hf2triton.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import CheckpointError
 from hf2triton.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
 from hf2triton.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, ServingOptions, write_repository
-from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ExportOptions:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     opset: int = DEFAULT_OPSET
     atol: float = 1e-4
+    aggregation: str = "simple"  # token classification: how token labels become entities
     overwrite: bool = False
     allow_parity_failure: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
@@ -48,6 +50,8 @@ class ExportOptions:
             raise CheckpointError(
                 f"model name {self.name!r} is invalid: use letters, digits, '_' and '-' (at most 64)"
             )
+        if self.aggregation not in AGGREGATIONS:
+            raise CheckpointError(f"--aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
         if self.max_text_bytes < 1:
             raise CheckpointError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
 
@@ -97,6 +101,7 @@ def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, se
         "labels": list(checkpoint.labels),
         "multi_label": checkpoint.multi_label,
         "pooling": asdict(checkpoint.pooling),
+        "aggregation": options.aggregation if checkpoint.task.token_alignment else None,
         "opset": options.opset,
         "serving": asdict(options.serving),
         "versions": versions(),
@@ -116,6 +121,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         work = Path(tmp)
         tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
         settings = tokenizer_settings(tokenizer_json, checkpoint, options.max_text_bytes)
+        entities = entity_settings(tokenizer_json, checkpoint, options.aggregation)
         model = load_torch_model(checkpoint)
         seconds["load"] = time.perf_counter() - start
         mark = time.perf_counter()
@@ -139,6 +145,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             build_manifest(name, checkpoint, options, settings),
             {"parity": asdict(report)},
             overwrite=options.overwrite,
+            entities=entities,
         )
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
