@@ -63,10 +63,10 @@ def byte_level_bpe_tokenizer(destination: Path, max_length: int = 128) -> int:
 
 
 def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-classification",
-                 labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False) -> Path:
+                 labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False, seed: int = 0) -> Path:
     """A randomly initialised 2-layer encoder of ``model_type`` with a real tokenizer."""
     destination.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     extra: dict = {}
     if model_type in ("roberta", "xlm-roberta"):
         vocab = byte_level_bpe_tokenizer(destination)

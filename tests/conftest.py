@@ -51,13 +51,14 @@ def tiny_checkpoint(checkpoint_root):
 
 
 # Ensembles exported once per session into one repository; e2e tests serve it.
-SENTIMENT, TOPICS, DEFAULT = "sentiment", "topics", "all_minilm_l6_v2"
+SENTIMENT, TOPICS, DEFAULT, NER = "sentiment", "topics", "all_minilm_l6_v2", "ner"
+NER_MAX_LENGTH = 48  # short, so the e2e tests see entities cut by truncation
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir):
-    """A repository with the default embedder, a MiniLM sentiment classifier and a tiny
-    multi-label RoBERTa (max batch 8, so clients must chunk)."""
+def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir, tiny_checkpoint):
+    """A repository with the default embedder, a MiniLM sentiment classifier, a tiny
+    multi-label RoBERTa (max batch 8, so clients must chunk) and a tiny BERT NER model."""
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
 
@@ -68,6 +69,10 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
         TOPICS: export_checkpoint(
             ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS,
                           max_text_bytes=2000, serving=ServingOptions(max_batch_size=8))
+        ),
+        NER: export_checkpoint(
+            ExportOptions(checkpoint=tiny_checkpoint("bert", "token-classification"), output_dir=root, name=NER,
+                          max_length=NER_MAX_LENGTH, aggregation="first")
         ),
     }
     return root, results

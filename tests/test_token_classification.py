@@ -104,3 +104,61 @@ def test_byte_level_bpe_entities_match_the_pipeline(tiny_checkpoint, tmp_path, a
     steps = ServedSteps(roberta, tmp_path)
     served, _ = steps(NER_TEXTS, aggregation)
     assert_same_entities(served, pipeline_entities(roberta, NER_TEXTS, aggregation), NER_TEXTS)
+
+
+def test_offsets_slice_the_original_text_exactly(bert_steps, tiny_checkpoint):
+    """Offsets are code-point indices into the str sent: the same spans transformers reports."""
+    texts = ["Great 🎉🔥 job 👍🏽", "这家餐厅在北京", "Cafe\u0301 Jose\u0301", "a\u200db 🇩🇪 x"]
+    _, batch = bert_steps(texts, "simple")
+    reference = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint("bert", "token-classification"))
+    for row, text in enumerate(texts):
+        expected = reference(text, return_offsets_mapping=True)["offset_mapping"]
+        special = batch.arrays["special_tokens_mask"][row]
+        offsets = batch.arrays["offset_mapping"][row][: len(expected)]
+        assert [tuple(o) for o in offsets] == [tuple(o) for o in expected]
+        assert special[len(expected):].all()  # padding is masked out like special tokens
+        spans = [text[a:b] for (a, b), s in zip(offsets, special) if not s]
+        assert all(spans) and all(span in text for span in spans)
+    assert "🎉🔥" in [texts[0][a:b] for a, b in batch.arrays["offset_mapping"][0]]
+    assert [texts[1][a:b] for a, b in batch.arrays["offset_mapping"][1][1:8]] == list(texts[1])
+
+
+def test_whitespace_and_emoji_only_texts(bert_steps):
+    served, _ = bert_steps(["   ", "", "\n\t", "🎉🎉🔥"], "simple")
+    assert served[:3] == [[], [], []]
+    assert all("🎉🎉🔥"[e["start"]:e["end"]] for e in served[3])
+
+
+def test_labels_without_bio_prefixes_match_the_pipeline(tmp_path):
+    plain = checkpoints.tiny_encoder(tmp_path / "plain", "bert", "token-classification",
+                                     labels={0: "O", 1: "PER", 2: "LOC", 3: "MISC"})
+    steps = ServedSteps(plain, tmp_path)
+    for aggregation in ("simple", "first"):
+        served, _ = steps(NER_TEXTS, aggregation)
+        expected = pipeline_entities(plain, NER_TEXTS, aggregation)
+        assert any(len(row) > 1 for row in expected)
+        assert_same_entities(served, expected, NER_TEXTS)
+
+
+def test_truncation_keeps_entities_up_to_the_cut_and_reports_it(bert_ner, tmp_path):
+    """Policy: tokens past the max length are dropped; an entity straddling the cut ends at the
+    last kept token; TRUNCATED says so. Same as the pipeline with the same max length."""
+    steps = ServedSteps(bert_ner, tmp_path)
+    steps.settings = replace(steps.settings, max_length=16, buckets=(16,))
+    steps.tokenizer = served_tokenizer(steps.tokenizer_json, steps.settings)
+    text = NER_TEXTS[0] + " " + NER_TEXTS[1]
+    served, batch = steps([text], "simple")
+    assert batch.truncated.tolist() == [True]
+    reference = transformers.AutoTokenizer.from_pretrained(bert_ner, model_max_length=16)
+    pipe = transformers.pipeline("token-classification", model=str(bert_ner), tokenizer=reference,
+                                 aggregation_strategy="simple")
+    assert_same_entities(served, [pipe(text)], [text])
+    last_kept_end = int(batch.arrays["offset_mapping"][0][14][1])  # 16 tokens = [CLS] + 14 + [SEP]
+    assert served[0] and max(e["end"] for e in served[0]) <= last_kept_end < len(text)
+
+
+def test_aggregation_is_checked(bert_ner, tmp_path):
+    from hf2triton.pipeline import ExportOptions
+
+    with pytest.raises(CheckpointError, match="--aggregation 'longest'"):
+        ExportOptions(checkpoint=bert_ner, aggregation="longest")

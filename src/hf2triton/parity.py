@@ -49,6 +49,16 @@ PARITY_TEXTS = (
     "and the tokenizers that feed them with padded tensors of token ids.",
 )
 
+# Entity-rich sentences (people, places, organisations, subwords, accents) for token classification.
+ENTITY_TEXTS = (
+    "John Smith lives in New York and works for Acme Corporation in Berlin.",
+    "Angela Merkel met Emmanuel Macron at the Élysée Palace on Tuesday.",
+    "Dr. Ngozi Okonjo-Iweala leads the World Trade Organization in Genève.",
+    "São Paulo, München and Zürich — José Álvarez flew with Lufthansa ✈️ yesterday.",
+)
+# What ``hf2triton verify`` sends by default: both sets.
+VERIFY_TEXTS = PARITY_TEXTS + ENTITY_TEXTS
+
 
 @dataclass(frozen=True)
 class ParityReport:
@@ -119,8 +129,9 @@ def check_parity(
     token_batches = encode_requests(tokenizer, groups, settings)
     max_diff, agreements, cosines, truncated = 0.0, [], [], 0
     for batch in token_batches:
-        reference = _torch_outputs(model, batch.arrays, task.model_output)
-        candidate = session.run([task.model_output], batch.arrays)[0]
+        feed = {name: batch.arrays[name] for name in checkpoint.input_names}  # not the offsets
+        reference = _torch_outputs(model, feed, task.model_output)
+        candidate = session.run([task.model_output], feed)[0]
         mask = batch.arrays["attention_mask"].astype(bool)
         real = (lambda a: a[mask]) if task.model_output_has_sequence_axis else (lambda a: a)
         max_diff = max(max_diff, float(np.abs(real(candidate) - real(reference)).max()))
