@@ -58,6 +58,7 @@ class VerifyReport:
     task: str
     checkpoint: Path
     checks: tuple[TextCheck, ...]
+    skipped: tuple[int, ...] = ()  # indices of texts over the served byte limit (refused by design)
 
     @property
     def passed(self) -> bool:
@@ -76,9 +77,10 @@ class VerifyReport:
         failed = [c for c in self.checks if not c.passed]
         protocols = sorted({c.protocol for c in self.checks})
         verdict = "passed" if self.passed else "FAILED"
+        skipped = f"; {len(self.skipped)} texts over the served byte limit not sent" if self.skipped else ""
         return (
             f"verify {verdict}: {len(self.checks) - len(failed)}/{len(self.checks)} answers of model "
-            f"'{self.model}' ({self.task}) over {', '.join(protocols)} match {self.checkpoint}"
+            f"'{self.model}' ({self.task}) over {', '.join(protocols)} match {self.checkpoint}{skipped}"
         )
 
 
@@ -245,10 +247,22 @@ _TASKS = {
 }
 
 
-def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float) -> tuple[ModelInfo, list[Result]]:
+def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float) -> list[Result]:
     with Client(url, protocol=protocol, model=model) as client:
-        info = client.wait_for_model(timeout_s=timeout_s)
-        return info, client.infer(list(texts))
+        client.wait_for_model(timeout_s=timeout_s)
+        return client.infer(list(texts))
+
+
+def served_info(url: str, protocol: str, model: str, timeout_s: float) -> ModelInfo:
+    with Client(url, protocol=protocol, model=model) as client:
+        return client.wait_for_model(timeout_s=timeout_s)
+
+
+def within_limit(texts: Sequence[str], max_text_bytes: int) -> tuple[list[int], list[int]]:
+    """Indices of the texts the server accepts, and of those it refuses by its byte limit."""
+    sizes = [len(text.encode("utf-8")) for text in texts]
+    kept = [i for i, size in enumerate(sizes) if not 0 < max_text_bytes < size]
+    return kept, [i for i in range(len(texts)) if i not in set(kept)]
 
 
 def verify(
@@ -265,16 +279,19 @@ def verify(
     checkpoint = Path(checkpoint).expanduser().resolve()
     if not (checkpoint / "config.json").exists():
         raise CheckpointError(f"{checkpoint} is not a checkpoint directory (no config.json)")
-    answers = {protocol: served_answers(url, protocol, model, texts, timeout_s) for protocol, url in urls.items()}
-    info = next(iter(answers.values()))[0]
+    protocol, url = next(iter(urls.items()))
+    info = served_info(url, protocol, model, timeout_s)
     if info.task not in _TASKS:
         raise CheckpointError(f"model {model!r} serves task {info.task!r}, which verify cannot check")
+    kept, skipped = within_limit(texts, info.max_text_bytes)
+    sent = [texts[i] for i in kept]
+    answers = {protocol: served_answers(url, protocol, model, sent, timeout_s) for protocol, url in urls.items()}
     task = _TASKS[info.task]
-    log.info("running %s in PyTorch on %d texts", checkpoint, len(texts))
-    expected = task.reference(checkpoint, texts, info)
+    log.info("running %s in PyTorch on %d texts", checkpoint, len(sent))
+    expected = task.reference(checkpoint, sent, info) if sent else []
     checks = []
-    for protocol, (_, results) in answers.items():
-        for index, (text, served, reference) in enumerate(zip(texts, results, expected)):
+    for protocol, results in answers.items():
+        for index, text, served, reference in zip(kept, sent, results, expected):
             passed, detail = task.compare(served, reference, info, tolerance)
             checks.append(TextCheck(protocol, index, text, passed, detail))
-    return VerifyReport(model, info.task, checkpoint, tuple(checks))
+    return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
