@@ -22,6 +22,18 @@ SENTIMENT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TOPIC_LABELS = {0: "sports", 1: "politics", 2: "tech", 3: "health"}
 NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+# A tiny config for every supported model type; tests/test_matrix.py fails for a type
+# listed in hf2triton.checkpoint.SUPPORTED_MODEL_TYPES that has none here.
+TINY_CONFIGS = {
+    "bert": TINY,
+    "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64),
+    "roberta": TINY,
+    "xlm-roberta": TINY,
+    "electra": TINY,
+    "mpnet": TINY,
+    "deberta-v2": TINY,
+}
+BYTE_LEVEL_BPE_TYPES = ("roberta", "xlm-roberta")  # padding id 1, no token_type_ids, like the real ones
 BPE_CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Serving transformer models with Triton is fast when requests are batched.",
@@ -68,18 +80,14 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
     destination.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     extra: dict = {}
-    if model_type in ("roberta", "xlm-roberta"):
+    if model_type in BYTE_LEVEL_BPE_TYPES:
         vocab = byte_level_bpe_tokenizer(destination)
         extra = dict(vocab_size=vocab + 8, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                      type_vocab_size=1, max_position_embeddings=130)
     else:
         copy_wordpiece_tokenizer(destination)
         extra = dict(vocab_size=30522, pad_token_id=0)
-    if model_type == "distilbert":
-        config = transformers.AutoConfig.for_model(
-            model_type, dim=32, n_layers=2, n_heads=4, hidden_dim=64, **extra)
-    else:
-        config = transformers.AutoConfig.for_model(model_type, **TINY, **extra)
+    config = transformers.AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type], **extra)
     if task == "token-classification" and labels is SENTIMENT_LABELS:
         labels = NER_LABELS
     if task in ("sequence-classification", "token-classification"):

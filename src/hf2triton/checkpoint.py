@@ -19,8 +19,9 @@ from hf2triton.tasks import TASKS, Task, task_for_architectures
 
 log = logging.getLogger(__name__)
 
-# Encoder families exported and tested end to end (model_type from config.json).
-SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra")
+# Encoder families exported, served and verified for every task by the tests (tests/test_matrix.py;
+# model_type from config.json). The README's support matrix lists exactly these.
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "mpnet", "deberta-v2")
 # Families whose position ids start after the padding index (max length = positions - pad - 1).
 OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
 FIXED_PADDING_INDEX = {"mpnet": 1}  # MPNetEmbeddings hard-codes padding_idx = 1
