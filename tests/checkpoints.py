@@ -74,6 +74,50 @@ def byte_level_bpe_tokenizer(destination: Path, max_length: int = 128) -> int:
     return fast.vocab_size
 
 
+CALIBRATION_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "I loved this film, the acting was superb!",
+    "Terrible service. Never again.",
+    "Angela Merkel met Emmanuel Macron in Paris.",
+    "这家餐厅的菜非常好吃",
+    "Great job 🎉🔥 totally worth it",
+    "ok",
+    "Numbers 3.14159, dates 2026-11-23, and URLs https://example.com",
+)
+
+
+# Logit spread per task. A random tiny model's [CLS] vectors differ little between texts, so a
+# head that separates them amplifies float rounding (ONNX vs PyTorch) by ~1000×: keep sentence
+# logits close (labels still differ, parity stays within 1e-4); token vectors differ more.
+HEAD_SPREAD = {"sequence-classification": 0.3, "token-classification": 3.0}
+
+
+def calibrate_head(model: torch.nn.Module, tokenizer_dir: Path, num_labels: int, spread: float) -> None:
+    """Make a random classification head tell inputs apart.
+
+    A random head's logits are a large offset shared by every input plus a tiny part that
+    varies, so every text (or token) gets the same label. Point each label's row of the
+    output layer along one principal direction in which its inputs vary over a few texts,
+    centred and scaled to a logit spread of ``spread``: labels differ between inputs, and
+    the head amplifies rounding noise as little as it can.
+    """
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels][-1]
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    with torch.no_grad():
+        model.eval()(**tokenizer(list(CALIBRATION_TEXTS), padding=True, return_tensors="pt"))
+    hook.remove()
+    features = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen]).double()
+    mean = features.mean(dim=0)
+    _, singular, directions = torch.linalg.svd(features - mean, full_matrices=False)
+    spreads = singular[:num_labels] / len(features) ** 0.5
+    weight = directions[:num_labels] * (spread / spreads.clamp(min=1e-6))[:, None]
+    with torch.no_grad():
+        head.weight.copy_(weight.float())
+        head.bias.copy_(-(weight @ mean).float())
+
+
 def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-classification",
                  labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False, seed: int = 0) -> Path:
     """A randomly initialised 2-layer encoder of ``model_type`` with a real tokenizer."""
@@ -101,10 +145,7 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
         "token-classification": transformers.AutoModelForTokenClassification,
     }.get(task, transformers.AutoModel)
     model = auto_class.from_config(config)
-    if task == "token-classification":
-        # A random head labels nearly every token alike; scale it so tokens disagree and
-        # entities of several lengths and labels appear.
-        with torch.no_grad():
-            model.classifier.weight.mul_(30.0)
+    if task != "embeddings":
+        calibrate_head(model, destination, len(labels), HEAD_SPREAD[task])
     model.save_pretrained(destination)
     return destination

@@ -249,6 +249,14 @@ def test_sync_client_example(server, protocol):
     assert f"via {protocol}" in result.stdout and "'I love it'" in result.stdout
 
 
+def test_sync_client_example_prints_entity_spans(server):
+    text = "Angela Merkel met Emmanuel Macron in Paris"
+    result = run_example(sys.executable, str(EXAMPLES / "sync_client.py"), "--url", server.grpc_url,
+                         "--model", NER, text)
+    assert result.returncode == 0, result.stderr
+    assert "task=token-classification" in result.stdout and f"entities  {text!r}" in result.stdout
+
+
 def test_async_client_example(server):
     result = run_example(sys.executable, str(EXAMPLES / "async_client.py"), "--url", server.grpc_url,
                          "--copies", "3")

@@ -170,7 +170,7 @@ def test_export_script_help_documents_every_option():
     result = run_cli("build/export.py", "--help")
     assert result.returncode == 0
     for option in ("--output", "--name", "--task", "--max-length", "--max-batch-size", "--opset", "--atol",
-                   "--overwrite", "--max-text-bytes", "--allow-parity-failure"):
+                   "--overwrite", "--max-text-bytes", "--allow-parity-failure", "--aggregation"):
         assert option in result.stdout
 
 

@@ -1,7 +1,6 @@
 """Token classification without a server: the tokenizer and postprocess step code plus the
 exported ONNX file in ONNX Runtime, compared with transformers' TokenClassificationPipeline."""
 
-import json
 import warnings
 from dataclasses import replace
 

@@ -13,6 +13,9 @@ typed results::
         client.wait_for_model(timeout_s=60)
         vectors = client.embed(["first text", "second text"])  # float32 [2, H]
 
+``classify`` returns :class:`Classification` and ``entities`` :class:`Entities` (token
+classification: each :class:`Entity` with its label, score and character span).
+
 :class:`AsyncClient` has the same API with ``async`` methods and sends the
 chunks of one call concurrently. Every failure is raised as a
 :class:`~hf2triton.errors.ClientError` (``InvalidInputError`` when the input is

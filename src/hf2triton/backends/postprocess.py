@@ -172,42 +172,66 @@ def split_tag(label: str) -> tuple[str, str]:
     return "I", label
 
 
+@dataclass(frozen=True)
+class LabelledWords:
+    """Words (tokens with simple/none) with their top label, score, text and span."""
+
+    labels: list[str]
+    scores: np.ndarray
+    words: list[str]
+    start: np.ndarray
+    end: np.ndarray
+
+
+def label_words(tokens: Tokens, tokenizer: Tokenizer, settings: EntitySettings) -> LabelledWords:
+    probs, firsts = word_scores(tokens, settings.aggregation)
+    label_ids = probs.argmax(axis=1)
+    lasts = np.append(firsts[1:], len(tokens.words)) - 1
+    if settings.aggregation in ("none", "simple"):
+        words = tokens.words
+    else:
+        words = [decode_tokens(tokenizer, tokens.words[a : b + 1]) for a, b in zip(firsts, lasts)]
+    return LabelledWords(
+        labels=[settings.labels[i] for i in label_ids],
+        scores=probs[np.arange(len(probs)), label_ids],
+        words=words,
+        start=tokens.start[firsts],
+        end=tokens.end[lasts],
+    )
+
+
+def group_entities(words: LabelledWords, tokenizer: Tokenizer, settings: EntitySettings) -> list[dict]:
+    """Adjacent words with the same tag form one entity; a B- label always starts a new one."""
+    tags = [split_tag(label) for label in words.labels]
+    new_group = np.array([k == 0 or bi == "B" or tag != tags[k - 1][1] for k, (bi, tag) in enumerate(tags)])
+    firsts = group_starts(new_group)
+    entities = []
+    for a, b in zip(firsts, np.append(firsts[1:], len(tags))):
+        group = words.labels[a].split("-", 1)[-1]  # the pipeline names groups this way, not by split_tag
+        if group not in settings.ignore_labels:
+            entities.append({
+                "entity_group": group,
+                "score": float(np.mean(words.scores[a:b])),
+                "word": decode_tokens(tokenizer, words.words[a:b]),
+                "start": int(words.start[a]),
+                "end": int(words.end[b - 1]),
+            })
+    return entities
+
+
 def token_entities(tokens: Tokens, tokenizer: Tokenizer, settings: EntitySettings) -> list[dict]:
     """Entities of one text, exactly as ``TokenClassificationPipeline`` reports them."""
     if not tokens.words:
         return []
-    probs, firsts = word_scores(tokens, settings.aggregation)
-    label_ids = probs.argmax(axis=1)
-    scores = probs[np.arange(len(probs)), label_ids]
-    labels = [settings.labels[i] for i in label_ids]
-    lasts = np.append(firsts[1:], len(tokens.words)) - 1
-    if settings.aggregation == "simple" or settings.aggregation == "none":
-        words = tokens.words
-    else:
-        words = [decode_tokens(tokenizer, tokens.words[a : b + 1]) for a, b in zip(firsts, lasts)]
-    if settings.aggregation == "none":
-        return [
-            {"entity": label, "score": float(score), "index": int(tokens.index[k]), "word": words[k],
-             "start": int(tokens.start[k]), "end": int(tokens.end[k])}
-            for k, (label, score) in enumerate(zip(labels, scores))
-            if label not in settings.ignore_labels
-        ]
-    tags = [split_tag(label) for label in labels]
-    new_group = np.array([k == 0 or bi == "B" or tag != tags[k - 1][1] for k, (bi, tag) in enumerate(tags)])
-    group_firsts = group_starts(new_group)
-    entities = []
-    for a, b in zip(group_firsts, np.append(group_firsts[1:], len(labels))):
-        group = labels[a].split("-", 1)[-1]
-        if group in settings.ignore_labels:
-            continue
-        entities.append({
-            "entity_group": group,
-            "score": float(np.mean(scores[a:b])),
-            "word": decode_tokens(tokenizer, words[a:b]),
-            "start": int(tokens.start[firsts[a]]),
-            "end": int(tokens.end[lasts[b - 1]]),
-        })
-    return entities
+    words = label_words(tokens, tokenizer, settings)
+    if settings.aggregation != "none":
+        return group_entities(words, tokenizer, settings)
+    return [
+        {"entity": label, "score": float(words.scores[k]), "index": int(tokens.index[k]), "word": words.words[k],
+         "start": int(words.start[k]), "end": int(words.end[k])}
+        for k, label in enumerate(words.labels)
+        if label not in settings.ignore_labels
+    ]
 
 
 def find_entities(
