@@ -18,7 +18,7 @@ import asyncio
 import sys
 import time
 
-from hf2triton.client import DEFAULT_MODEL, AsyncClient, Classification, Embedding
+from hf2triton.client import DEFAULT_MODEL, AsyncClient, Classification, Embedding, Entities
 from hf2triton.errors import Hf2TritonError
 
 DEFAULT_TEXTS = [
@@ -60,6 +60,9 @@ async def run(args: argparse.Namespace) -> int:
             print(f"{result.label:>12}  {result.score:.3f}  {text!r}")
         elif isinstance(result, Embedding):
             print(f"dim={result.vector.shape[0]} truncated={result.truncated}  {text!r}")
+        elif isinstance(result, Entities):
+            spans = ", ".join(f"{e.label} {text[e.start:e.end]!r}" for e in result.entities)
+            print(f"{len(result.entities)} entities [{spans}]  {text!r}")
     print(f"truncated texts: {sum(r.truncated for r in results)} of {len(results)} per call")
     return 0
 

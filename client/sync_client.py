@@ -7,7 +7,8 @@ Run (server started with ``hf2triton serve`` or the container: HTTP 8000, gRPC 8
     python client/sync_client.py --url 127.0.0.1:8001 --model sentiment "What a great film"
 
 Without an installed package, prefix with ``PYTHONPATH=src``. Embedding models print
-each vector's size and the cosine-similarity matrix; classifiers print labels and scores.
+each vector's size and the cosine-similarity matrix; classifiers print labels and scores;
+token classifiers print each entity with its span in the text.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 import numpy as np
 
-from hf2triton.client import DEFAULT_MODEL, Classification, Client, Embedding, Result
+from hf2triton.client import DEFAULT_MODEL, Classification, Client, Embedding, Entities, Result
 from hf2triton.errors import Hf2TritonError
 
 DEFAULT_TEXTS = [
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_results(texts: list[str], results: list[Result]) -> None:
-    """Print classifications, or embeddings with their cosine similarities."""
+    """Print classifications, entities, or embeddings with their cosine similarities."""
     for text, result in zip(texts, results):
         cut = " (truncated)" if result.truncated else ""
         if isinstance(result, Classification):
@@ -50,6 +51,10 @@ def print_results(texts: list[str], results: list[Result]) -> None:
         elif isinstance(result, Embedding):
             head = " ".join(f"{x:+.3f}" for x in result.vector[:4])
             print(f"dim={result.vector.shape[0]} [{head} ...]  {text!r}{cut}")
+        elif isinstance(result, Entities):
+            print(f"{len(result.entities)} entities  {text!r}{cut}")
+            for e in result.entities:
+                print(f"{e.label:>12}  {e.score:.3f}  [{e.start}:{e.end}] {text[e.start:e.end]!r}")
     vectors = [r.vector for r in results if isinstance(r, Embedding)]
     if len(vectors) > 1:
         matrix = np.stack(vectors)

@@ -51,14 +51,15 @@ def tiny_checkpoint(checkpoint_root):
 
 
 # Ensembles exported once per session into one repository; e2e tests serve it.
-SENTIMENT, TOPICS, DEFAULT = "sentiment", "topics", "all_minilm_l6_v2"
+SENTIMENT, TOPICS, DEFAULT, NER = "sentiment", "topics", "all_minilm_l6_v2", "ner"
+NER_MAX_LENGTH = 48  # short, so the e2e tests see entities cut by truncation
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir):
-    """A repository with the default embedder, a MiniLM sentiment classifier and a tiny
-    multi-label RoBERTa (max batch 8, so clients must chunk) with its int8 variants
-    served side by side (``topics_int8_qdq``, ``topics_int8_dynamic``, ...)."""
+def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir, tiny_checkpoint):
+    """A repository with the default embedder, a MiniLM sentiment classifier, a tiny
+    multi-label RoBERTa (max batch 8, so clients must chunk) with its int8 variants served
+    side by side (``topics_int8_qdq``, ``topics_int8_dynamic``, ...), and a tiny BERT NER model."""
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
     from hf2triton.variants import VariantOptions
@@ -72,6 +73,10 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
                           max_text_bytes=2000, serving=ServingOptions(max_batch_size=8),
                           variants=VariantOptions(precisions=("fp32", "int8"), calibration_method="minmax",
                                                   benchmark=False, min_agreement=0.9, min_cosine=0.9))
+        ),
+        NER: export_checkpoint(
+            ExportOptions(checkpoint=tiny_checkpoint("bert", "token-classification"), output_dir=root, name=NER,
+                          max_length=NER_MAX_LENGTH, aggregation="first")
         ),
     }
     return root, results

@@ -87,15 +87,20 @@ def test_unsupported_architecture_lists_supported_ones(minilm_classifier_dir, tm
         inspect_checkpoint(broken)
 
 
-def test_token_classification_is_named_as_not_yet_supported(minilm_classifier_dir, tmp_path):
-    ner = copy_checkpoint(minilm_classifier_dir, tmp_path / "ner")
+def test_token_classification_is_detected_with_its_entity_labels(tiny_checkpoint):
+    checkpoint = inspect_checkpoint(tiny_checkpoint("bert", "token-classification"))
+    assert checkpoint.task.name == "token-classification"
+    assert checkpoint.task.token_alignment
+    assert checkpoint.labels[:3] == ("O", "B-PER", "I-PER")
+
+
+def test_token_classifier_without_id2label_is_refused(tiny_checkpoint, tmp_path):
+    ner = copy_checkpoint(tiny_checkpoint("bert", "token-classification"), tmp_path / "ner")
     config = json.loads((ner / "config.json").read_text())
-    config["architectures"] = ["BertForTokenClassification"]
+    del config["id2label"], config["label2id"]
     (ner / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="token classification"):
+    with pytest.raises(CheckpointError, match="no id2label; a token classifier needs its entity label names"):
         inspect_checkpoint(ner)
-    with pytest.raises(CheckpointError, match="token classification"):
-        inspect_checkpoint(minilm_classifier_dir, task="token-classification")
 
 
 def test_unknown_architecture_asks_for_task(minilm_classifier_dir, tmp_path):

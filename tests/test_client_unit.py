@@ -26,6 +26,7 @@ from hf2triton.client import (
     Classification,
     Client,
     Embedding,
+    Entity,
     ModelInfo,
     chunk,
     decode_outputs,
@@ -149,6 +150,31 @@ def test_decode_unknown_task_names_supported_tasks():
     info = ModelInfo("ner", "some-future-task", (), False, 4, 0, 0)
     with pytest.raises(ClientError, match="'some-future-task'.*embeddings, sequence-classification"):
         decode_outputs(info, {})
+
+
+def test_decode_entities_per_text_with_offsets_and_truncation():
+    info = ModelInfo("ner", "token-classification", ("O", "B-PER", "I-PER"), False, 4, 0, 0, "simple")
+    documents = np.array(
+        [
+            [json.dumps([{"entity_group": "PER", "score": 0.9, "word": "ana", "start": 0, "end": 3}]).encode()],
+            [b"[]"],
+            [json.dumps([{"entity": "B-PER", "score": 0.5, "index": 1, "word": "\u00e9", "start": 2, "end": 3}]).encode()],
+        ],
+        dtype=object,
+    )
+    results = decode_outputs(info, {"ENTITIES": documents, "TRUNCATED": np.array([[False], [True], [False]])})
+    assert [type(r).__name__ for r in results] == ["Entities"] * 3
+    assert results[0].entities == (Entity("PER", 0.9, "ana", 0, 3),)
+    assert results[1].entities == () and results[1].truncated
+    assert results[2].entities[0] == Entity("B-PER", 0.5, "é", 2, 3, index=1)
+
+
+def test_decode_entities_rejects_malformed_documents():
+    info = ModelInfo("ner", "token-classification", (), False, 4, 0, 0)
+    with pytest.raises(ClientError, match="not JSON"):
+        decode_outputs(info, {"ENTITIES": np.array([[b"{oops"]], dtype=object), "TRUNCATED": np.array([[False]])})
+    with pytest.raises(ClientError, match="malformed entity"):
+        decode_outputs(info, {"ENTITIES": np.array([[b'[{"score": 1}]']], dtype=object), "TRUNCATED": np.array([[False]])})
 
 
 def test_every_task_requests_truncated():
@@ -400,7 +426,7 @@ def test_all_lists_exactly_the_public_names():
         if not name.startswith("_") and getattr(obj, "__module__", None) == client_module.__name__
     }
     constants = {name for name in vars(client_module) if name.isupper() and not name.startswith("_")}
-    type_aliases = {"Result"}  # Union[Embedding, Classification]: its __module__ is typing
+    type_aliases = {"Result"}  # Union[Embedding, Classification, Entities]: its __module__ is typing
     assert defined_here | constants | type_aliases == exported
 
 

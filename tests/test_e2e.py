@@ -16,8 +16,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import DEFAULT, SENTIMENT, TOPICS
-from hf2triton.client import AsyncClient, Classification, Client, Embedding
+from conftest import DEFAULT, NER, NER_MAX_LENGTH, SENTIMENT, TOPICS
+from hf2triton.client import AsyncClient, Classification, Client, Embedding, Entities, Entity
 from hf2triton.errors import InvalidInputError, ServerUnavailableError
 from hf2triton.parity import LONG_TEXT, PARITY_TEXTS
 
@@ -89,6 +89,54 @@ def test_multi_label_roberta_chunks_past_the_max_batch(server, tiny_roberta_mult
     served = np.array([[r.scores[label] for label in info.labels] for r in results])
     np.testing.assert_allclose(served, expected, atol=1e-4)
     assert all(isinstance(r, Classification) for r in results)
+
+
+def pipeline_entities(checkpoint_dir, texts, aggregation: str, max_length: int) -> list[list[Entity]]:
+    """transformers' TokenClassificationPipeline with the served max length, as typed entities."""
+    import warnings
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint_dir, model_max_length=max_length)
+    pipe = transformers.pipeline("token-classification", model=str(checkpoint_dir), tokenizer=tokenizer,
+                                 aggregation_strategy=aggregation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = [pipe(text) if text else [] for text in texts]
+    return [[Entity(e.get("entity_group", e.get("entity")), float(e["score"]), e["word"], e["start"], e["end"])
+             for e in row] for row in rows]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_served_entities_match_the_transformers_pipeline(server, protocol, tiny_checkpoint):
+    checkpoint = tiny_checkpoint("bert", "token-classification")
+    with Client(url(server, protocol), protocol=protocol, model=NER) as client:
+        info = client.wait_for_model(timeout_s=60)
+        assert (info.task, info.aggregation, info.max_sequence_length) == ("token-classification", "first", 48)
+        results = client.entities(TEXTS)
+    expected = pipeline_entities(checkpoint, TEXTS, "first", NER_MAX_LENGTH)
+    assert all(isinstance(r, Entities) for r in results)
+    assert sum(len(row) for row in expected) > 20
+    for text, result, want in zip(TEXTS, results, expected):
+        got = result.entities
+        assert [(e.label, e.start, e.end, e.word) for e in got] == [(e.label, e.start, e.end, e.word) for e in want]
+        np.testing.assert_allclose([e.score for e in got], [e.score for e in want], atol=1e-4)
+        assert all(text[e.start:e.end].strip() for e in got)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    assert [r.truncated for r in results] == [len(tokenizer(t)["input_ids"]) > NER_MAX_LENGTH for t in TEXTS]
+    assert any(r.truncated for r in results)
+
+
+def test_cli_infer_prints_entities_with_their_spans(server):
+    text = "Angela Merkel met Emmanuel Macron in Paris 🎉"
+    result = subprocess.run(
+        [sys.executable, "-m", "hf2triton.cli", "infer", "--url", server.grpc_url, "--model", NER, text],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{text!r}: ") and lines[0].endswith("entities")
+    count = int(lines[0].split(": ")[1].split()[0])
+    assert count >= 1 and len(lines) == 1 + count
+    assert all(line.startswith("  ") and "[" in line for line in lines[1:])
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -221,6 +269,14 @@ def test_sync_client_example(server, protocol):
                          "--url", url(server, protocol), "--model", SENTIMENT, "I love it", "I hate it")
     assert result.returncode == 0, result.stderr
     assert f"via {protocol}" in result.stdout and "'I love it'" in result.stdout
+
+
+def test_sync_client_example_prints_entity_spans(server):
+    text = "Angela Merkel met Emmanuel Macron in Paris"
+    result = run_example(sys.executable, str(EXAMPLES / "sync_client.py"), "--url", server.grpc_url,
+                         "--model", NER, text)
+    assert result.returncode == 0, result.stderr
+    assert "task=token-classification" in result.stdout and f"entities  {text!r}" in result.stdout
 
 
 def test_async_client_example(server):

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
-from conftest import DEFAULT, SENTIMENT, TOPICS
+from conftest import DEFAULT, NER, SENTIMENT, TOPICS
 from hf2triton import contract
 from hf2triton.backends import onnx_model, postprocess, tokenizer
 from hf2triton.errors import ParityError, RepositoryError
@@ -36,8 +36,8 @@ def test_parity_figures_per_task(repository):
 def test_every_config_parses_and_the_ensemble_is_wired(repository):
     root, _ = repository
     parsed = configs(root)
-    assert set(parsed) == {n for name in (DEFAULT, SENTIMENT, TOPICS) for n in (name, *contract.step_names(name))}
-    for name in (DEFAULT, SENTIMENT, TOPICS):
+    assert set(parsed) == {n for name in (DEFAULT, SENTIMENT, TOPICS, NER) for n in (name, *contract.step_names(name))}
+    for name in (DEFAULT, SENTIMENT, TOPICS, NER):
         ensemble = parsed[name]
         assert ensemble.platform == "ensemble"
         assert [i.name for i in ensemble.input] == [contract.INPUT_TEXT]
@@ -52,7 +52,8 @@ def test_every_config_parses_and_the_ensemble_is_wired(repository):
             assert step_config.max_batch_size == ensemble.max_batch_size
             assert step_config.HasField("dynamic_batching")
         assert {o.name for o in ensemble.output} <= available
-        assert ensemble.parameters[contract.PARAM_TASK].string_value in ("embeddings", "sequence-classification")
+        assert ensemble.parameters[contract.PARAM_TASK].string_value in (
+            "embeddings", "sequence-classification", "token-classification")
 
 
 def test_step_configs_per_task(repository):
@@ -67,6 +68,26 @@ def test_step_configs_per_task(repository):
     assert parsed[TOPICS].parameters[contract.PARAM_MULTI_LABEL].string_value == "true"
     assert parsed[TOPICS].max_batch_size == 8
     assert parsed[f"{TOPICS}_tokenizer"].backend == "python"
+
+
+def test_token_classification_steps_pass_offsets_and_return_entities(repository):
+    root, results = repository
+    parsed = configs(root)
+    tok, post, ensemble = parsed[f"{NER}_tokenizer"], parsed[f"{NER}_postprocess"], parsed[NER]
+    outputs = {t.name: t for t in tok.output}
+    assert list(outputs["offset_mapping"].dims) == [-1, 2] and list(outputs["special_tokens_mask"].dims) == [-1]
+    assert [t.name for t in post.input] == ["TEXT", "input_ids", "offset_mapping", "special_tokens_mask", "logits"]
+    assert [(o.name, o.data_type, list(o.dims)) for o in ensemble.output] == [
+        ("ENTITIES", pb.TYPE_STRING, [1]), ("TRUNCATED", pb.TYPE_BOOL, [1])]
+    assert ensemble.parameters[contract.PARAM_AGGREGATION].string_value == "first"
+    assert (root / f"{NER}_postprocess" / "1" / "tokenizer.json").exists()
+    settings = json.loads(post.parameters["settings"].string_value)
+    assert settings["word_aware"] and settings["unk_id"] == 100 and settings["ignore_labels"] == ["O"]
+    parity = results[NER].parity
+    assert parity.passed and parity.metric == "token_label_agreement" and parity.metric_value == 1.0
+    assert parity.truncated_texts >= 1
+    # the other tasks' tokenizers emit no alignment tensors
+    assert "offset_mapping" not in {t.name for t in parsed[f"{SENTIMENT}_tokenizer"].output}
 
 
 def test_repository_is_self_contained_and_relocatable(repository):
@@ -141,14 +162,6 @@ def test_parity_failure_stops_the_export_and_leaves_no_repository(tmp_path, mini
     assert json.loads((tmp_path / "repo" / "sentiment" / "parity.json").read_text())["passed"] is False
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra"])
-def test_each_architecture_exports_with_parity(tmp_path, tiny_checkpoint, model_type):
-    for task in ("sequence-classification", "embeddings"):
-        result = export_checkpoint(ExportOptions(checkpoint=tiny_checkpoint(model_type, task), output_dir=tmp_path))
-        assert result.parity.passed, result.parity.summary()
-        assert result.checkpoint.task.name == task
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
 
@@ -157,7 +170,7 @@ def test_export_script_help_documents_every_option():
     result = run_cli("build/export.py", "--help")
     assert result.returncode == 0
     for option in ("--output", "--name", "--task", "--max-length", "--max-batch-size", "--opset", "--atol",
-                   "--overwrite", "--max-text-bytes", "--allow-parity-failure"):
+                   "--overwrite", "--max-text-bytes", "--allow-parity-failure", "--aggregation"):
         assert option in result.stdout
 
 

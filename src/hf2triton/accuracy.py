@@ -55,13 +55,16 @@ class EvaluationSet:
 
 
 def task_answers(session, batches, checkpoint: Checkpoint) -> np.ndarray:
-    """Unit-normalised embeddings or class probabilities for every text, in order."""
+    """Unit-normalised embeddings, class probabilities per text, or per real token (NER)."""
     answers = []
     output = checkpoint.task.model_output
     for batch in batches:
         raw = session.run([output], batch.arrays)[0].astype(np.float32)
         if checkpoint.task.name == "embeddings":
             answers.append(postprocess.embed(raw, batch.arrays["attention_mask"], checkpoint.pooling.mode, True))
+        elif checkpoint.task.model_output_has_sequence_axis:  # token classification: real tokens only
+            tokens = raw[batch.arrays["attention_mask"].astype(bool)]
+            answers.append(postprocess.softmax(tokens).astype(np.float32))
         else:
             answers.append(postprocess.classify(raw, list(checkpoint.labels), checkpoint.multi_label)[0])
     return np.concatenate(answers)

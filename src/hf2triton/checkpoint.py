@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2triton.errors import CheckpointError
-from hf2triton.tasks import PLANNED_TASKS, TASKS, Task, task_for_architectures
+from hf2triton.tasks import TASKS, Task, task_for_architectures
 
 log = logging.getLogger(__name__)
 
-# Encoder families exported and tested end to end (model_type from config.json).
-SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra")
+# Encoder families exported, served and verified for every task by the tests (tests/test_matrix.py;
+# model_type from config.json). The README's support matrix lists exactly these.
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "mpnet", "deberta-v2")
 # Families whose position ids start after the padding index (max length = positions - pad - 1).
 OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
 FIXED_PADDING_INDEX = {"mpnet": 1}  # MPNetEmbeddings hard-codes padding_idx = 1
@@ -80,15 +81,9 @@ def detect_task(architectures: tuple[str, ...], override: str | None) -> Task:
     if override:
         if override in TASKS:
             return TASKS[override]
-        if override in PLANNED_TASKS:
-            raise CheckpointError(f"--task {override}: {PLANNED_TASKS[override]}")
         raise CheckpointError(f"unknown task {override!r}; choose one of {sorted(TASKS)}")
     task = task_for_architectures(architectures)
     if task is None:
-        for arch in architectures:
-            for planned, why in PLANNED_TASKS.items():
-                if planned.replace("-", " ").title().replace(" ", "") in arch:
-                    raise CheckpointError(f"{arch}: {why}")
         raise CheckpointError(
             f"cannot tell the task from architectures {list(architectures)}; "
             f"pass --task with one of {sorted(TASKS)}"
@@ -156,7 +151,16 @@ def sentence_transformers_pooling(path: Path) -> Pooling:
     return Pooling(mode, normalize, source="modules.json")
 
 
-def labels_of(config) -> tuple[str, ...]:
+def labels_of(config, raw: dict, task: Task) -> tuple[str, ...]:
+    """Label names in id order. Entity labels must be named in config.json itself: transformers
+    would otherwise invent LABEL_0, LABEL_1, ... and every token would look like an entity."""
+    if task.name == "embeddings":
+        return ()
+    if task.name == "token-classification" and not raw.get("id2label"):
+        raise CheckpointError(
+            "config.json has no id2label; a token classifier needs its entity label names "
+            '(e.g. {"0": "O", "1": "B-PER", "2": "I-PER"}) to tell entities from other tokens'
+        )
     id2label = getattr(config, "id2label", None) or {}
     if not id2label:
         raise CheckpointError("config.json has no id2label; a classifier needs its label names")
@@ -195,6 +199,7 @@ def inspect_checkpoint(
     if max_length is not None and not 1 <= max_length <= limit:
         raise CheckpointError(f"--max-length {max_length} is outside 1..{limit}, the model's limit")
     classifier = chosen.name == "sequence-classification"
+    labels = labels_of(config, raw, chosen)
     return Checkpoint(
         path=path,
         model_type=config.model_type,
@@ -204,7 +209,7 @@ def inspect_checkpoint(
         max_sequence_length=max_length or limit,
         hidden_size=config.hidden_size,
         attention_heads=config.num_attention_heads,
-        labels=labels_of(config) if classifier else (),
+        labels=labels,
         multi_label=classifier and config.problem_type == "multi_label_classification",
         pooling=sentence_transformers_pooling(path) if chosen.name == "embeddings" else Pooling(),
         tokenizer_file=tokenizer_file,

@@ -1,4 +1,4 @@
-"""``hf2triton`` command line: thin shells over the library (export, serve, infer, demo)."""
+"""``hf2triton`` command line: thin shells over the library (export, serve, infer, verify, demo)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ log = logging.getLogger("hf2triton")
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from hf2triton.onnx_export import DEFAULT_OPSET
     from hf2triton.contract import DEFAULT_MODEL_NAME
+    from hf2triton.backends.postprocess import AGGREGATIONS
     from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES
+    from hf2triton.tasks import TASKS
 
     parser.add_argument(
         "checkpoint",
@@ -30,8 +32,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--name", help=f"ensemble name; steps are NAME_tokenizer, NAME_model, "
                         f"NAME_postprocess (default: the checkpoint folder's name, {DEFAULT_MODEL_NAME} "
                         "for the default model)")
-    parser.add_argument("--task", choices=["embeddings", "sequence-classification"],
+    parser.add_argument("--task", choices=sorted(TASKS),
                         help="override the task detected from config.json's architectures")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default="simple",
+                        help="token classification: how token labels become entities, as in transformers' "
+                        "TokenClassificationPipeline (default: %(default)s)")
     parser.add_argument("--max-length", type=int, help="max tokens per text; longer texts are "
                         "truncated and flagged (default: the model's own limit)")
     parser.add_argument("--max-batch-size", type=int, default=32,
@@ -107,6 +112,7 @@ def run_export(args: argparse.Namespace) -> int:
             max_text_bytes=args.max_text_bytes,
             opset=args.opset,
             atol=args.atol,
+            aggregation=args.aggregation,
             overwrite=args.overwrite,
             allow_parity_failure=args.allow_parity_failure,
             serving=serving,
@@ -187,7 +193,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_results(texts: list[str], results: list) -> None:
-    from hf2triton.client import Classification, Embedding
+    from hf2triton.client import Classification, Embedding, Entities
 
     for text, result in zip(texts, results):
         shown = text if len(text) <= 60 else text[:57] + "..."
@@ -199,6 +205,11 @@ def print_results(texts: list[str], results: list) -> None:
             top = sorted(result.scores.items(), key=lambda kv: -kv[1])[:3]
             scores = ", ".join(f"{label} {score:.3f}" for label, score in top)
             print(f"{shown!r}: {result.label} ({result.score:.3f}){cut}  [{scores}]")
+        elif isinstance(result, Entities):
+            print(f"{shown!r}: {len(result.entities)} entities{cut}")
+            for entity in result.entities:
+                print(f"  {entity.label:<12} {entity.score:.3f}  [{entity.start}:{entity.end}] "
+                      f"{text[entity.start:entity.end]!r}")
         else:
             print(f"{shown!r}: {result}")
 
@@ -215,6 +226,43 @@ def run_infer(args: argparse.Namespace) -> int:
         client.wait_for_model(timeout_s=args.timeout)
         print_results(texts, client.infer(texts))
     return 0
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    from hf2triton.contract import DEFAULT_MODEL_NAME
+
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC address (default: %(default)s)")
+    parser.add_argument("--http-url", default="127.0.0.1:8000", help="HTTP address (default: %(default)s)")
+    parser.add_argument("--protocol", choices=["both", "grpc", "http"], default="both",
+                        help="which endpoints to check (default: %(default)s)")
+    parser.add_argument("--model-repository", type=Path,
+                        help="the served repository: the checkpoint defaults to the one its MODEL/hf2triton.json records")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint to compare with (overrides the manifest's)")
+    parser.add_argument("--texts", type=Path, help="file with one text per line (default: the built-in varied set)")
+    parser.add_argument("--min-cosine", type=float, default=0.9999, help="embeddings (default: %(default)s)")
+    parser.add_argument("--atol", type=float, default=1e-3,
+                        help="max |served - reference| of probabilities and entity scores (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the model")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from hf2triton.parity import VERIFY_TEXTS
+    from hf2triton.verify import Tolerance, checkpoint_from_manifest, read_texts, verify
+
+    if args.checkpoint is not None:
+        checkpoint = args.checkpoint
+    elif args.model_repository is not None:
+        checkpoint = checkpoint_from_manifest(args.model_repository, args.model)
+    else:
+        raise Hf2TritonError("pass --checkpoint, or --model-repository to use the checkpoint recorded at export")
+    protocols = ("grpc", "http") if args.protocol == "both" else (args.protocol,)
+    urls = {p: args.grpc_url if p == "grpc" else args.http_url for p in protocols}
+    texts = read_texts(args.texts) if args.texts else VERIFY_TEXTS
+    report = verify(args.model, checkpoint, urls, texts, Tolerance(args.min_cosine, args.atol), args.timeout)
+    print("\n".join(report.table()))
+    print(report.summary())
+    return 0 if report.passed else 1
 
 
 DEMO_TEXTS = ("hf2triton serves Hugging Face models on Triton.", "The weather is lovely today.")
@@ -255,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("texts", nargs="*", help="texts (default: one per line from stdin)")
     add_client_arguments(infer)
     infer.set_defaults(run=run_infer)
+
+    verify = commands.add_parser(
+        "verify", help="compare a running deployment's answers with the checkpoint run in PyTorch",
+        description="Send texts to a served ensemble over gRPC and HTTP and compare every answer with the "
+        "checkpoint run through transformers (embeddings: cosine; classification: labels and scores; "
+        "NER: entity spans, labels and scores). Exits 1 on any mismatch.")
+    add_verify_arguments(verify)
+    verify.set_defaults(run=run_verify)
 
     demo = commands.add_parser("demo", help="start the local server, answer a request, stop")
     demo.add_argument("texts", nargs="*", help="texts to send (default: two examples)")

@@ -13,6 +13,9 @@ typed results::
         client.wait_for_model(timeout_s=60)
         vectors = client.embed(["first text", "second text"])  # float32 [2, H]
 
+``classify`` returns :class:`Classification` and ``entities`` :class:`Entities` (token
+classification: each :class:`Entity` with its label, score and character span).
+
 :class:`AsyncClient` has the same API with ``async`` methods and sends the
 chunks of one call concurrently. Every failure is raised as a
 :class:`~hf2triton.errors.ClientError` (``InvalidInputError`` when the input is
@@ -44,9 +47,12 @@ __all__ = [
     "DEFAULT_MODEL",
     "TASK_EMBEDDINGS",
     "TASK_SEQUENCE_CLASSIFICATION",
+    "TASK_TOKEN_CLASSIFICATION",
     "ModelInfo",
     "Embedding",
     "Classification",
+    "Entity",
+    "Entities",
     "Result",
     "Client",
     "AsyncClient",
@@ -63,6 +69,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = contract.DEFAULT_MODEL_NAME
 TASK_EMBEDDINGS = "embeddings"
 TASK_SEQUENCE_CLASSIFICATION = "sequence-classification"
+TASK_TOKEN_CLASSIFICATION = "token-classification"
 
 _DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 _POLL_INTERVAL_S = 0.25
@@ -89,6 +96,7 @@ class ModelInfo:
     max_batch_size: int
     max_text_bytes: int
     max_sequence_length: int
+    aggregation: str = ""  # token classification: how token labels were grouped into entities
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +131,33 @@ class Classification:
         return tuple(name for name, _ in kept)
 
 
-Result = Union[Embedding, Classification]
+@dataclass(frozen=True)
+class Entity:
+    """One entity (or, with aggregation ``none``, one labelled token) found in a text.
+
+    ``text[start:end]`` is its span in the text sent (character offsets); ``word`` is
+    the tokenizer's rendering of it (lower-cased by uncased models, like transformers');
+    ``label`` is the entity group (``PER`` for ``B-PER``/``I-PER``), or the token's own
+    label with aggregation ``none``, where ``index`` is the token's position.
+    """
+
+    label: str
+    score: float
+    word: str
+    start: int
+    end: int
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class Entities:
+    """One text's token-classification result: its entities in text order."""
+
+    entities: tuple[Entity, ...]
+    truncated: bool
+
+
+Result = Union[Embedding, Classification, Entities]
 
 
 # --------------------------------------------------------------------------- per-task decoding
@@ -188,6 +222,33 @@ def _decode_sequence_classification(info: ModelInfo, outputs: Mapping[str, np.nd
     return results
 
 
+def _entity(raw: Mapping[str, Any]) -> Entity:
+    try:
+        label = raw["entity_group"] if "entity_group" in raw else raw["entity"]
+        index = raw.get("index")
+        return Entity(
+            label=str(label), score=float(raw["score"]), word=str(raw["word"]),
+            start=int(raw["start"]), end=int(raw["end"]), index=None if index is None else int(index),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"malformed entity {raw!r}: {exc}") from None
+
+
+def _decode_token_classification(info: ModelInfo, outputs: Mapping[str, np.ndarray]) -> list[Result]:
+    documents = _rows(outputs, contract.OUTPUT_ENTITIES, None).reshape(-1)
+    truncated = _truncated_flags(outputs, len(documents))
+    results: list[Result] = []
+    for i, document in enumerate(documents):
+        try:
+            raw = json.loads(_as_str(document))
+        except json.JSONDecodeError as exc:
+            raise ClientError(f"output {contract.OUTPUT_ENTITIES!r}[{i}] is not JSON: {exc}") from None
+        if not isinstance(raw, list):
+            raise ClientError(f"output {contract.OUTPUT_ENTITIES!r}[{i}] is not a JSON list")
+        results.append(Entities(entities=tuple(_entity(e) for e in raw), truncated=truncated[i]))
+    return results
+
+
 @dataclass(frozen=True)
 class _TaskSpec:
     """How one task's outputs are requested and decoded; add a row to ``_TASKS`` for a new task."""
@@ -204,6 +265,10 @@ _TASKS: dict[str, _TaskSpec] = {
     TASK_SEQUENCE_CLASSIFICATION: _TaskSpec(
         outputs=(contract.OUTPUT_LABEL, contract.OUTPUT_SCORES, contract.OUTPUT_TRUNCATED),
         decode=_decode_sequence_classification,
+    ),
+    TASK_TOKEN_CLASSIFICATION: _TaskSpec(
+        outputs=(contract.OUTPUT_ENTITIES, contract.OUTPUT_TRUNCATED),
+        decode=_decode_token_classification,
     ),
 }
 
@@ -282,6 +347,7 @@ def model_info_from_config(name: str, config: Mapping[str, Any]) -> ModelInfo:
         max_batch_size=max_batch_size,
         max_text_bytes=_int_param(name, params, contract.PARAM_MAX_TEXT_BYTES),
         max_sequence_length=_int_param(name, params, contract.PARAM_MAX_SEQUENCE_LENGTH),
+        aggregation=params.get(contract.PARAM_AGGREGATION, "").strip(),
     )
 
 
@@ -626,6 +692,14 @@ class Client(_Base):
         self._check_task(self.info, TASK_SEQUENCE_CLASSIFICATION, "classify")
         return [r for r in self.infer(items) if isinstance(r, Classification)]
 
+    def entities(self, texts: Sequence[str] | str) -> list[Entities]:
+        """Entities per text; the model's task must be ``token-classification``."""
+        items = _as_list(texts)
+        if not items:
+            return []
+        self._check_task(self.info, TASK_TOKEN_CLASSIFICATION, "entities")
+        return [r for r in self.infer(items) if isinstance(r, Entities)]
+
 
 class AsyncClient(_Base):
     """Asynchronous client (``tritonclient.grpc.aio`` / ``tritonclient.http.aio``).
@@ -775,6 +849,14 @@ class AsyncClient(_Base):
             return []
         self._check_task(await self._info_or_fetch(), TASK_SEQUENCE_CLASSIFICATION, "classify")
         return [r for r in await self.infer(items) if isinstance(r, Classification)]
+
+    async def entities(self, texts: Sequence[str] | str) -> list[Entities]:
+        """Entities per text; the model's task must be ``token-classification``."""
+        items = _as_list(texts)
+        if not items:
+            return []
+        self._check_task(await self._info_or_fetch(), TASK_TOKEN_CLASSIFICATION, "entities")
+        return [r for r in await self.infer(items) if isinstance(r, Entities)]
 
 
 def connect(

@@ -15,11 +15,17 @@ OUTPUT_TRUNCATED = "TRUNCATED"
 OUTPUT_EMBEDDING = "EMBEDDING"
 OUTPUT_LABEL = "LABEL"
 OUTPUT_SCORES = "SCORES"
+OUTPUT_ENTITIES = "ENTITIES"  # BYTES [1] per text: a JSON list of entities
+
+# Tensors between the tokenizer and postprocess steps of token classification.
+TENSOR_OFFSETS = "offset_mapping"  # INT64 [seq, 2]: character (code point) start, end per token
+TENSOR_SPECIAL_TOKENS = "special_tokens_mask"  # INT64 [seq]: 1 for special and padding tokens
 
 # Ensemble model-config parameters (string values; JSON where structured).
 PARAM_TASK = "hf2triton.task"
 PARAM_LABELS = "hf2triton.labels"  # JSON list of label names, index = class id
 PARAM_MULTI_LABEL = "hf2triton.multi_label"  # "true" / "false"
+PARAM_AGGREGATION = "hf2triton.aggregation"  # token classification: none/simple/first/average/max
 PARAM_MAX_TEXT_BYTES = "hf2triton.max_text_bytes"
 PARAM_MAX_SEQUENCE_LENGTH = "hf2triton.max_sequence_length"
 PARAM_VERSION = "hf2triton.version"

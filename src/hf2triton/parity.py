@@ -4,7 +4,8 @@ Both run on the same padded batches of mixed lengths (short, past the max length
 non-English, emoji, empty), tokenized by the served tokenizer code. Raw outputs are
 compared on real (non-padding) positions only — padded positions carry no meaning —
 and the task-level answer is compared as the user sees it (cosine of the pooled
-embedding; agreement of the top label).
+embedding; agreement of the top label; for token classification, agreement of
+every real token's label, since entities are built from those).
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ PARITY_TEXTS = (
     "and the tokenizers that feed them with padded tensors of token ids.",
 )
 
+# Entity-rich sentences (people, places, organisations, subwords, accents) for token classification.
+ENTITY_TEXTS = (
+    "John Smith lives in New York and works for Acme Corporation in Berlin.",
+    "Angela Merkel met Emmanuel Macron at the Élysée Palace on Tuesday.",
+    "Dr. Ngozi Okonjo-Iweala leads the World Trade Organization in Genève.",
+    "São Paulo, München and Zürich — José Álvarez flew with Lufthansa ✈️ yesterday.",
+)
+# What ``hf2triton verify`` sends by default: both sets.
+VERIFY_TEXTS = PARITY_TEXTS + ENTITY_TEXTS
+
 
 @dataclass(frozen=True)
 class ParityReport:
@@ -57,7 +68,7 @@ class ParityReport:
     truncated_texts: int
     max_abs_diff: float
     atol: float
-    metric: str  # "min_cosine" or "label_agreement"
+    metric: str  # "min_cosine", "label_agreement" or "token_label_agreement"
     metric_value: float
     metric_threshold: float
     passed: bool
@@ -118,8 +129,9 @@ def check_parity(
     token_batches = encode_requests(tokenizer, groups, settings)
     max_diff, agreements, cosines, truncated = 0.0, [], [], 0
     for batch in token_batches:
-        reference = _torch_outputs(model, batch.arrays, task.model_output)
-        candidate = session.run([task.model_output], batch.arrays)[0]
+        feed = {name: batch.arrays[name] for name in checkpoint.input_names}  # not the offsets
+        reference = _torch_outputs(model, feed, task.model_output)
+        candidate = session.run([task.model_output], feed)[0]
         mask = batch.arrays["attention_mask"].astype(bool)
         real = (lambda a: a[mask]) if task.model_output_has_sequence_axis else (lambda a: a)
         max_diff = max(max_diff, float(np.abs(real(candidate) - real(reference)).max()))
@@ -129,14 +141,17 @@ def check_parity(
             a = postprocess.embed(reference, mask, pooling.mode, True)
             b = postprocess.embed(candidate, mask, pooling.mode, True)
             cosines.extend((a * b).sum(axis=1).tolist())
+        elif task.model_output_has_sequence_axis:  # token labels: every real token counts
+            agreements.extend(labels_agree(reference[mask], candidate[mask], atol).tolist())
         else:
             agreements.extend(labels_agree(reference, candidate, atol).tolist())
     if task.name == "embeddings":
         metric, value, threshold = "min_cosine", float(min(cosines)), 0.9999
-        ok = value >= threshold
+    elif task.model_output_has_sequence_axis:
+        metric, value, threshold = "token_label_agreement", float(np.mean(agreements)), 1.0
     else:
         metric, value, threshold = "label_agreement", float(np.mean(agreements)), 1.0
-        ok = value >= threshold
+    ok = value >= threshold
     report = ParityReport(
         task=task.name,
         texts=len(texts),

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from hf2triton.backends.postprocess import AGGREGATIONS
 from hf2triton.contract import DEFAULT_MODEL_NAME
 from hf2triton.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import CheckpointError
@@ -22,7 +23,7 @@ from hf2triton.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
 from hf2triton.peft_merge import is_adapter, merge_adapter
 from hf2triton.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, ServingOptions, write_repository
-from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
 from hf2triton.variants import GridCell, Variant, VariantOptions, benchmark_grid, build_variants, select_variant
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ExportOptions:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     opset: int = DEFAULT_OPSET
     atol: float = 1e-4
+    aggregation: str = "simple"  # token classification: how token labels become entities
     overwrite: bool = False
     allow_parity_failure: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
@@ -54,6 +56,8 @@ class ExportOptions:
             )
         if self.serving.backend == "tensorrt" and not self.engines:
             raise CheckpointError("--backend tensorrt serves TensorRT plans: add --engines (on a GPU machine)")
+        if self.aggregation not in AGGREGATIONS:
+            raise CheckpointError(f"--aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
         if self.max_text_bytes < 1:
             raise CheckpointError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
 
@@ -108,6 +112,7 @@ def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, se
         "labels": list(checkpoint.labels),
         "multi_label": checkpoint.multi_label,
         "pooling": asdict(checkpoint.pooling),
+        "aggregation": options.aggregation if checkpoint.task.token_alignment else None,
         "opset": options.opset,
         "serving": asdict(options.serving),
         "versions": versions(),
@@ -132,6 +137,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         log.info("exporting %s (%s, %s) as %s", path, checkpoint.model_type, checkpoint.task.name, name)
         tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
         settings = tokenizer_settings(tokenizer_json, checkpoint, options.max_text_bytes)
+        entities = entity_settings(tokenizer_json, checkpoint, options.aggregation)
         model = load_torch_model(checkpoint)
         seconds["load"] = time.perf_counter() - start
         mark = time.perf_counter()
@@ -167,7 +173,8 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             reports,
             overwrite=options.overwrite,
             variants=extra,
-            plans={cc: path for cc, path in plans.items()},
+            plans=plans,
+            entities=entities,
         )
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start

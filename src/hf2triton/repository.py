@@ -13,11 +13,12 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from hf2triton import contract
+from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.checkpoint import Checkpoint
 from hf2triton.errors import RepositoryError
@@ -126,14 +127,36 @@ def int64(name: str) -> Tensor:
     return Tensor(name, "TYPE_INT64", (-1,))
 
 
+def postprocess_settings(checkpoint: Checkpoint, entities: EntitySettings | None) -> dict:
+    settings = {
+        "pooling": checkpoint.pooling.mode,
+        "normalize": checkpoint.pooling.normalize,
+        "labels": list(checkpoint.labels),
+        "multi_label": checkpoint.multi_label,
+    }
+    if entities is not None:
+        settings.update(asdict(entities), labels=list(entities.labels), ignore_labels=list(entities.ignore_labels))
+    return settings
+
+
 def step_models(
-    name: str, checkpoint: Checkpoint, settings: TokenizerSettings, serving: ServingOptions
+    name: str,
+    checkpoint: Checkpoint,
+    settings: TokenizerSettings,
+    serving: ServingOptions,
+    entities: EntitySettings | None = None,
 ) -> tuple[PythonModel, PythonModel, PythonModel]:
     """The three python-backend step configs for ``checkpoint``'s task."""
     tokenizer_name, model_name, postprocess_name = contract.step_names(name)
     task = checkpoint.task
     width = checkpoint.hidden_size if task.name == "embeddings" else len(checkpoint.labels)
     token_tensors = tuple(int64(n) for n in checkpoint.input_names)
+    text = Tensor(contract.INPUT_TEXT, "TYPE_STRING", (1,))
+    alignment = (
+        (Tensor(contract.TENSOR_OFFSETS, "TYPE_INT64", (-1, 2)), int64(contract.TENSOR_SPECIAL_TOKENS))
+        if task.token_alignment
+        else ()
+    )
     truncated = Tensor(contract.OUTPUT_TRUNCATED, "TYPE_BOOL", (1,))
     model_output = Tensor(
         task.model_output, "TYPE_FP32", (-1, width) if task.model_output_has_sequence_axis else (width,)
@@ -141,8 +164,8 @@ def step_models(
     mbs = serving.max_batch_size
     tokenizer = PythonModel(
         name=tokenizer_name,
-        inputs=(Tensor(contract.INPUT_TEXT, "TYPE_STRING", (1,)),),
-        outputs=(*token_tensors, truncated),
+        inputs=(text,),
+        outputs=(*token_tensors, *alignment, truncated),
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
         parameters={"settings": settings.to_json(), "truncated_output": contract.OUTPUT_TRUNCATED},
@@ -156,12 +179,8 @@ def step_models(
         batching=Batching(max_queue_delay_us=serving.model_queue_delay_us),
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads)},
     )
-    available = {model_output.name: model_output, "attention_mask": int64("attention_mask")}
-    post_settings = {
-        "pooling": checkpoint.pooling.mode,
-        "normalize": checkpoint.pooling.normalize,
-        "labels": list(checkpoint.labels),
-        "multi_label": checkpoint.multi_label,
+    available = {
+        t.name: t for t in (model_output, text, int64("attention_mask"), int64("input_ids"), *alignment)
     }
     postprocess = PythonModel(
         name=postprocess_name,
@@ -171,13 +190,17 @@ def step_models(
         ),
         max_batch_size=mbs,
         instance_count=serving.postprocess_instances,
-        parameters={"task": task.name, "settings": json.dumps(post_settings)},
+        parameters={"task": task.name, "settings": json.dumps(postprocess_settings(checkpoint, entities))},
     )
     return tokenizer, model, postprocess
 
 
 def ensemble_model(
-    name: str, steps: tuple[PythonModel, PythonModel, PythonModel], checkpoint: Checkpoint, settings: TokenizerSettings
+    name: str,
+    steps: tuple[PythonModel, PythonModel, PythonModel],
+    checkpoint: Checkpoint,
+    settings: TokenizerSettings,
+    entities: EntitySettings | None = None,
 ) -> Ensemble:
     """Tie the steps together; every tensor keeps its step-level name inside the ensemble."""
     tokenizer, model, postprocess = steps
@@ -185,6 +208,15 @@ def ensemble_model(
     def identity(tensors):
         return {t.name: t.name for t in tensors}
 
+    parameters = {
+        contract.PARAM_TASK: checkpoint.task.name,
+        contract.PARAM_LABELS: json.dumps(list(checkpoint.labels)),
+        contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
+        contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
+        contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
+    }
+    if entities is not None:
+        parameters[contract.PARAM_AGGREGATION] = entities.aggregation
     return Ensemble(
         name=name,
         inputs=tokenizer.inputs,
@@ -195,13 +227,7 @@ def ensemble_model(
             EnsembleStep(model.name, identity(model.inputs), identity(model.outputs)),
             EnsembleStep(postprocess.name, identity(postprocess.inputs), identity(postprocess.outputs)),
         ),
-        parameters={
-            contract.PARAM_TASK: checkpoint.task.name,
-            contract.PARAM_LABELS: json.dumps(list(checkpoint.labels)),
-            contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
-            contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
-            contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
-        },
+        parameters=parameters,
     )
 
 
@@ -261,6 +287,7 @@ def write_repository(
     overwrite: bool = False,
     variants: dict[str, Path] | None = None,
     plans: dict[str, Path] | None = None,
+    entities: EntitySettings | None = None,
 ) -> RepositoryLayout:
     """Write the model folders for ``name`` under ``root`` and return their layout.
 
@@ -272,20 +299,23 @@ def write_repository(
     layout = RepositoryLayout(Path(root).resolve(), name, tuple(variants))
     check_destination(layout, checkpoint.fingerprint, overwrite)
     layout.root.mkdir(parents=True, exist_ok=True)
-    steps = step_models(name, checkpoint, settings, serving)
+    steps = step_models(name, checkpoint, settings, serving, entities)
     tokenizer, model, postprocess = steps
     with tempfile.TemporaryDirectory(dir=layout.root.parent, prefix=f".{name}-staging-") as tmp:
         staging = Path(tmp)
         write_model(staging, tokenizer, {"model.py": backend_source("tokenizer"), "tokenizer.json": tokenizer_json})
         write_model_step(staging, model, onnx_file, serving, plans or {})
-        write_model(staging, postprocess, {"model.py": backend_source("postprocess")})
-        write_model(staging, ensemble_model(name, steps, checkpoint, settings), {})
+        post_files: dict[str, bytes | Path] = {"model.py": backend_source("postprocess")}
+        if entities is not None:  # words are the tokenizer's own tokens, decoded as transformers does
+            post_files["tokenizer.json"] = tokenizer_json
+        write_model(staging, postprocess, post_files)
+        write_model(staging, ensemble_model(name, steps, checkpoint, settings, entities), {})
         for variant, variant_file in variants.items():
             variant_step = replace(model, name=variant_model(name, variant))
             flavour = "python-ort" if serving.backend == "python-ort" else "onnxruntime"
             write_model_step(staging, variant_step, variant_file, replace(serving, backend=flavour), {})
             ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
-                                      checkpoint, settings)
+                                      checkpoint, settings, entities)
             write_model(staging, ensemble, {})
         (staging / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for report_name, report in reports.items():

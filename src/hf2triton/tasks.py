@@ -29,6 +29,7 @@ class Task:
     model_output: str  # name of the exported ONNX graph's output
     model_output_has_sequence_axis: bool  # [batch, seq, X] rather than [batch, X]
     postprocess_inputs: tuple[str, ...]  # tensors the postprocess step reads
+    token_alignment: bool  # the tokenizer also emits offsets and a special-token mask
     outputs: tuple[OutputTensor, ...]  # ensemble outputs besides TRUNCATED; -2 = filled at export
 
 
@@ -41,6 +42,7 @@ EMBEDDINGS = Task(
     model_output="last_hidden_state",
     model_output_has_sequence_axis=True,
     postprocess_inputs=("last_hidden_state", "attention_mask"),
+    token_alignment=False,
     outputs=(OutputTensor(contract.OUTPUT_EMBEDDING, "TYPE_FP32", (HIDDEN,)),),
 )
 
@@ -51,18 +53,32 @@ SEQUENCE_CLASSIFICATION = Task(
     model_output="logits",
     model_output_has_sequence_axis=False,
     postprocess_inputs=("logits",),
+    token_alignment=False,
     outputs=(
         OutputTensor(contract.OUTPUT_LABEL, "TYPE_STRING", (1,)),
         OutputTensor(contract.OUTPUT_SCORES, "TYPE_FP32", (HIDDEN,)),
     ),
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (EMBEDDINGS, SEQUENCE_CLASSIFICATION)}
+# Entities are ragged (any number per text): one JSON document per text needs no padding.
+TOKEN_CLASSIFICATION = Task(
+    name="token-classification",
+    auto_model="AutoModelForTokenClassification",
+    architecture_suffixes=("ForTokenClassification",),
+    model_output="logits",
+    model_output_has_sequence_axis=True,
+    postprocess_inputs=(
+        contract.INPUT_TEXT,
+        "input_ids",
+        contract.TENSOR_OFFSETS,
+        contract.TENSOR_SPECIAL_TOKENS,
+        "logits",
+    ),
+    token_alignment=True,
+    outputs=(OutputTensor(contract.OUTPUT_ENTITIES, "TYPE_STRING", (1,)),),
+)
 
-# Tasks users will ask for that are planned but not served yet, with what to do meanwhile.
-PLANNED_TASKS = {
-    "token-classification": "token classification (NER) is not supported yet",
-}
+TASKS: dict[str, Task] = {t.name: t for t in (EMBEDDINGS, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)}
 
 
 def task_for_architectures(architectures: tuple[str, ...]) -> Task | None:

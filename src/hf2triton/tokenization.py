@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings, default_buckets, load_tokenizer
 from hf2triton.checkpoint import Checkpoint
 from hf2triton.errors import CheckpointError
@@ -54,6 +55,35 @@ def tokenizer_settings(
         pad_id=pad_id(tokenizer_json, checkpoint),
         max_text_bytes=max_text_bytes,
         input_names=checkpoint.input_names,
+        token_alignment=checkpoint.task.token_alignment,
+    )
+
+
+def unknown_token_id(tokenizer_json: Path, checkpoint: Checkpoint) -> int | None:
+    """The id transformers' tokenizer reports as ``unk_token_id`` (None when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint.path).unk_token_id
+    except Exception:  # no transformers tokenizer config: read the tokenizers model's own
+        raw = Tokenizer.from_file(str(tokenizer_json))
+        token = getattr(raw.model, "unk_token", None)
+        return raw.token_to_id(token) if token else None
+
+
+def entity_settings(tokenizer_json: Path, checkpoint: Checkpoint, aggregation: str) -> EntitySettings | None:
+    """How the postprocess step turns token labels into entities; None for other tasks."""
+    if not checkpoint.task.token_alignment:
+        return None
+    if aggregation not in AGGREGATIONS:
+        raise CheckpointError(f"--aggregation {aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+    raw = Tokenizer.from_file(str(tokenizer_json))
+    return EntitySettings(
+        labels=checkpoint.labels,
+        aggregation=aggregation,
+        # The pipeline's test for a word-aware vocabulary (WordPiece's "##"); others use a heuristic.
+        word_aware=bool(getattr(raw.model, "continuing_subword_prefix", None)),
+        unk_id=unknown_token_id(tokenizer_json, checkpoint),
     )
 
 

@@ -3,13 +3,19 @@
 embeddings: pooling over the attention mask (mean, cls, max, mean_sqrt_len) and
 optional L2 normalisation, as the checkpoint's sentence-transformers config says.
 sequence-classification: softmax (or sigmoid for multi-label) and the top label.
+token-classification: entities as transformers' TokenClassificationPipeline finds them
+(aggregation none/simple/first/average/max, same words, spans and scores), one JSON
+list per text.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 try:  # only importable inside tritonserver's python stub
     import triton_python_backend_utils as pb_utils
@@ -19,6 +25,8 @@ except ImportError:  # pragma: no cover - exercised outside Triton
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 # Output names; equal to hf2triton.contract's (this file cannot import hf2triton when served).
 LABEL_OUTPUT, SCORES_OUTPUT = "LABEL", "SCORES"
+TEXT_INPUT, OFFSETS_INPUT, SPECIAL_TOKENS_INPUT = "TEXT", "offset_mapping", "special_tokens_mask"
+AGGREGATIONS = ("none", "simple", "first", "average", "max")
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -48,8 +56,9 @@ def embed(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> n
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    """Softmax over the last axis (labels)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -63,6 +72,190 @@ def classify(logits: np.ndarray, labels: list[str], multi_label: bool) -> tuple[
     return probs, names[probs.argmax(axis=1)]
 
 
+# ----------------------------------------------------------------- token classification
+
+
+@dataclass(frozen=True)
+class EntitySettings:
+    labels: tuple[str, ...]  # id2label in id order
+    aggregation: str = "simple"
+    ignore_labels: tuple[str, ...] = ("O",)  # the pipeline's default: "outside" is no entity
+    word_aware: bool = False  # the tokenizer marks continuing subwords (WordPiece "##")
+    unk_id: int | None = None  # unknown tokens show the text they stand for
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation {self.aggregation!r}: expected one of {AGGREGATIONS}")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "EntitySettings":
+        return cls(
+            labels=tuple(raw["labels"]),
+            aggregation=raw["aggregation"],
+            ignore_labels=tuple(raw.get("ignore_labels", ("O",))),
+            word_aware=bool(raw["word_aware"]),
+            unk_id=raw.get("unk_id"),
+        )
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One text's word tokens (special tokens and padding dropped), in order."""
+
+    index: np.ndarray  # int [T]: position in the model's sequence
+    words: list[str]  # token strings (the text itself for unknown tokens)
+    start: np.ndarray  # int [T]: character offsets into the text
+    end: np.ndarray
+    is_subword: np.ndarray  # bool [T]: continues the previous token's word
+    probs: np.ndarray  # float32 [T, labels]
+
+
+def word_tokens(
+    text: str, ids: np.ndarray, offsets: np.ndarray, special: np.ndarray, probs: np.ndarray,
+    tokenizer: Tokenizer, settings: EntitySettings,
+) -> Tokens:
+    """The pipeline's ``gather_pre_entities``: token strings, spans and the subword heuristic."""
+    index = np.flatnonzero(special == 0)
+    words, subword = [], np.zeros(len(index), dtype=bool)
+    for k, i in enumerate(index):
+        token_id, (start, end) = int(ids[i]), (int(offsets[i, 0]), int(offsets[i, 1]))
+        word = tokenizer.id_to_token(token_id) or ""
+        if token_id == settings.unk_id:
+            words.append(text[start:end])
+            continue
+        if settings.word_aware:
+            subword[k] = len(word) != end - start  # a "##" prefix makes it longer than its text
+        else:  # no word boundaries in the vocabulary: a token not after a space continues a word
+            subword[k] = start > 0 and " " not in text[start - 1 : start + 1]
+        words.append(word)
+    return Tokens(index, words, offsets[index, 0], offsets[index, 1], subword, probs[index])
+
+
+def decode_tokens(tokenizer: Tokenizer, tokens: list[str]) -> str:
+    """transformers' ``convert_tokens_to_string`` for fast tokenizers."""
+    return tokenizer.decoder.decode(tokens) if tokenizer.decoder is not None else " ".join(tokens)
+
+
+def group_starts(is_new: np.ndarray) -> np.ndarray:
+    """Indices where groups begin (the first item always begins one)."""
+    is_new = is_new.copy()
+    if len(is_new):
+        is_new[0] = True
+    return np.flatnonzero(is_new)
+
+
+def word_scores(tokens: Tokens, aggregation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per word: the probabilities it is labelled by [W, L] and its first-token index [W].
+
+    simple/none keep every token; first/average/max fold subwords into their word.
+    """
+    if aggregation in ("none", "simple"):
+        return tokens.probs, np.arange(len(tokens.words))
+    starts = group_starts(~tokens.is_subword)
+    if aggregation == "first":
+        return tokens.probs[starts], starts
+    if aggregation == "average":
+        counts = np.diff(np.append(starts, len(tokens.words)))[:, None]
+        return np.add.reduceat(tokens.probs, starts, axis=0) / counts, starts
+    # max: the probabilities of the word's most confident token (the first on ties)
+    word_of = np.cumsum(np.isin(np.arange(len(tokens.words)), starts)) - 1
+    confidence = tokens.probs.max(axis=1)
+    order = np.lexsort((np.arange(len(word_of)), -confidence, word_of))
+    best = order[group_starts(np.diff(word_of[order], prepend=-1) != 0)]
+    return tokens.probs[best], starts
+
+
+def split_tag(label: str) -> tuple[str, str]:
+    """("B"|"I", tag); a label without a B-/I- prefix continues like I- (as the pipeline does)."""
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+@dataclass(frozen=True)
+class LabelledWords:
+    """Words (tokens with simple/none) with their top label, score, text and span."""
+
+    labels: list[str]
+    scores: np.ndarray
+    words: list[str]
+    start: np.ndarray
+    end: np.ndarray
+
+
+def label_words(tokens: Tokens, tokenizer: Tokenizer, settings: EntitySettings) -> LabelledWords:
+    probs, firsts = word_scores(tokens, settings.aggregation)
+    label_ids = probs.argmax(axis=1)
+    lasts = np.append(firsts[1:], len(tokens.words)) - 1
+    if settings.aggregation in ("none", "simple"):
+        words = tokens.words
+    else:
+        words = [decode_tokens(tokenizer, tokens.words[a : b + 1]) for a, b in zip(firsts, lasts)]
+    return LabelledWords(
+        labels=[settings.labels[i] for i in label_ids],
+        scores=probs[np.arange(len(probs)), label_ids],
+        words=words,
+        start=tokens.start[firsts],
+        end=tokens.end[lasts],
+    )
+
+
+def group_entities(words: LabelledWords, tokenizer: Tokenizer, settings: EntitySettings) -> list[dict]:
+    """Adjacent words with the same tag form one entity; a B- label always starts a new one."""
+    tags = [split_tag(label) for label in words.labels]
+    new_group = np.array([k == 0 or bi == "B" or tag != tags[k - 1][1] for k, (bi, tag) in enumerate(tags)])
+    firsts = group_starts(new_group)
+    entities = []
+    for a, b in zip(firsts, np.append(firsts[1:], len(tags))):
+        group = words.labels[a].split("-", 1)[-1]  # the pipeline names groups this way, not by split_tag
+        if group not in settings.ignore_labels:
+            entities.append({
+                "entity_group": group,
+                "score": float(np.mean(words.scores[a:b])),
+                "word": decode_tokens(tokenizer, words.words[a:b]),
+                "start": int(words.start[a]),
+                "end": int(words.end[b - 1]),
+            })
+    return entities
+
+
+def token_entities(tokens: Tokens, tokenizer: Tokenizer, settings: EntitySettings) -> list[dict]:
+    """Entities of one text, exactly as ``TokenClassificationPipeline`` reports them."""
+    if not tokens.words:
+        return []
+    words = label_words(tokens, tokenizer, settings)
+    if settings.aggregation != "none":
+        return group_entities(words, tokenizer, settings)
+    return [
+        {"entity": label, "score": float(words.scores[k]), "index": int(tokens.index[k]), "word": words.words[k],
+         "start": int(words.start[k]), "end": int(words.end[k])}
+        for k, label in enumerate(words.labels)
+        if label not in settings.ignore_labels
+    ]
+
+
+def find_entities(
+    texts: list[str], ids: np.ndarray, offsets: np.ndarray, special: np.ndarray, logits: np.ndarray,
+    tokenizer: Tokenizer, settings: EntitySettings,
+) -> list[list[dict]]:
+    """Entities per text from a padded batch (softmax over all tokens at once)."""
+    probs = softmax(logits.astype(np.float32))
+    return [
+        token_entities(word_tokens(text, ids[r], offsets[r], special[r], probs[r], tokenizer, settings),
+                       tokenizer, settings)
+        for r, text in enumerate(texts)
+    ]
+
+
+def entities_tensor(entities: list[list[dict]]) -> np.ndarray:
+    """One UTF-8 JSON list per text: BYTES [n, 1]."""
+    return np.array([[json.dumps(e, ensure_ascii=False).encode()] for e in entities], dtype=object)
+
+
+def as_texts(raw: np.ndarray) -> list[str]:
+    return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in raw.reshape(-1)]
+
+
 class TritonPythonModel:
     """The postprocess step as a Triton python-backend model."""
 
@@ -73,6 +266,10 @@ class TritonPythonModel:
         self.settings = json.loads(params["settings"])
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        if self.task == "token-classification":
+            version_dir = Path(args["model_repository"]) / args["model_version"]
+            self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
+            self.entity_settings = EntitySettings.from_dict(self.settings)
 
     def execute(self, requests):
         inputs = [
@@ -90,6 +287,12 @@ class TritonPythonModel:
                 self.settings["normalize"],
             )
             return [pb_utils.Tensor(self.output_names[0], vectors)]
+        if self.task == "token-classification":
+            entities = find_entities(
+                as_texts(feed[TEXT_INPUT]), feed["input_ids"], feed[OFFSETS_INPUT],
+                feed[SPECIAL_TOKENS_INPUT], feed["logits"], self.tokenizer, self.entity_settings,
+            )
+            return [pb_utils.Tensor(self.output_names[0], entities_tensor(entities))]
         probs, top = classify(feed["logits"], self.settings["labels"], self.settings["multi_label"])
         by_name = {LABEL_OUTPUT: top.reshape(-1, 1), SCORES_OUTPUT: probs}
         return [pb_utils.Tensor(name, by_name[name]) for name in self.output_names]

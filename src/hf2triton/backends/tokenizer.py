@@ -1,5 +1,10 @@
 """Tokenizer step: UTF-8 texts in, padded token-id tensors out.
 
+For token classification (``token_alignment``) it also emits, per token, its
+character span in the text (``offset_mapping`` [seq, 2]: Python ``str`` indices,
+i.e. code points, so ``text[start:end]`` slices the original) and a mask of the
+tokens that are no word (``special_tokens_mask``: special tokens and padding).
+
 All texts of all requests in one ``execute`` call are tokenized in a single
 Rust batch call; each request is then padded to the smallest sequence-length
 bucket that fits its longest text, so the model step's dynamic batcher can merge
@@ -32,6 +37,7 @@ class TokenizerSettings:
     pad_id: int
     max_text_bytes: int
     input_names: tuple[str, ...]  # the model inputs to produce, e.g. input_ids, attention_mask
+    token_alignment: bool = False  # also emit offset_mapping and special_tokens_mask
 
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSettings":
@@ -42,6 +48,7 @@ class TokenizerSettings:
             pad_id=int(raw["pad_id"]),
             max_text_bytes=int(raw["max_text_bytes"]),
             input_names=tuple(raw["input_names"]),
+            token_alignment=bool(raw.get("token_alignment", False)),
         )
 
     def to_json(self) -> str:
@@ -52,6 +59,7 @@ class TokenizerSettings:
                 "pad_id": self.pad_id,
                 "max_text_bytes": self.max_text_bytes,
                 "input_names": list(self.input_names),
+                "token_alignment": self.token_alignment,
             }
         )
 
@@ -60,7 +68,7 @@ class TokenizerSettings:
 class TokenBatch:
     """Model inputs for one request, padded to a bucket, plus per-text truncation flags."""
 
-    arrays: dict[str, np.ndarray]  # name -> int64 [n, bucket]
+    arrays: dict[str, np.ndarray]  # name -> int64 [n, bucket] (offset_mapping: [n, bucket, 2])
     truncated: np.ndarray  # bool [n]
 
 
@@ -128,7 +136,30 @@ def pad_to_bucket(encodings: list, settings: TokenizerSettings) -> TokenBatch:
         type_ids[row, :length] = enc.type_ids
         truncated[row] = bool(enc.overflowing)
     available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-    return TokenBatch({name: available[name] for name in settings.input_names}, truncated)
+    arrays = {name: available[name] for name in settings.input_names}
+    if settings.token_alignment:
+        arrays.update(alignment(encodings, width))
+    return TokenBatch(arrays, truncated)
+
+
+OFFSETS, SPECIAL_TOKENS = "offset_mapping", "special_tokens_mask"  # = hf2triton.contract's names
+
+
+def alignment(encodings: list, width: int) -> dict[str, np.ndarray]:
+    """Per-token character spans [n, width, 2] and a no-word mask [n, width] (1 = special or padding).
+
+    The Python ``tokenizers`` binding reports offsets in characters (code points) of the
+    ``str`` it was given, so they index the decoded text directly (emoji, CJK, combining marks).
+    """
+    n = len(encodings)
+    offsets = np.zeros((n, width, 2), dtype=np.int64)
+    special = np.ones((n, width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        length = len(enc.ids)
+        if length:
+            offsets[row, :length] = np.asarray(enc.offsets, dtype=np.int64).reshape(length, 2)
+            special[row, :length] = enc.special_tokens_mask
+    return {OFFSETS: offsets, SPECIAL_TOKENS: special}
 
 
 def encode_requests(

@@ -1,0 +1,297 @@
+"""``verify``: check a served ensemble end to end against its checkpoint run in PyTorch.
+
+The served answer (tokenizer step, model step and postprocess included) is compared
+with what a user of the checkpoint would compute with transformers itself:
+
+- embeddings: cosine with the checkpoint's pooling (sentence-transformers when the
+  checkpoint is one, else the pooling ``hf2triton`` detected) of ``AutoModel`` outputs;
+- sequence-classification: top label and every probability of
+  ``AutoModelForSequenceClassification`` (softmax, or sigmoid for multi-label);
+- token-classification: transformers' ``TokenClassificationPipeline`` with the served
+  aggregation: the same entities (label, start, end, word) with scores within tolerance.
+
+The reference truncates at the served max length, as the served tokenizer does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf2triton.client import Classification, Client, Embedding, Entities, ModelInfo, Result
+from hf2triton.errors import CheckpointError
+from hf2triton.parity import VERIFY_TEXTS
+from hf2triton.repository import MANIFEST
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("grpc", "http")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_cosine: float = 0.9999  # embeddings
+    score_atol: float = 1e-3  # probabilities and entity scores
+
+
+@dataclass(frozen=True)
+class TextCheck:
+    """One text's served answer over one protocol, compared with the reference."""
+
+    protocol: str
+    index: int
+    text: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    model: str
+    task: str
+    checkpoint: Path
+    checks: tuple[TextCheck, ...]
+    skipped: tuple[int, ...] = ()  # indices of texts over the served byte limit (refused by design)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def table(self, width: int = 40) -> list[str]:
+        """One line per text and protocol: verdict, text, what was compared."""
+        lines = [f"{'protocol':<8} {'#':>3}  {'result':<8} {'text':<{width}}  detail"]
+        for check in self.checks:
+            shown = check.text if len(check.text) <= width else check.text[: width - 3] + "..."
+            verdict = "ok" if check.passed else "MISMATCH"
+            lines.append(f"{check.protocol:<8} {check.index:>3}  {verdict:<8} {shown!r:<{width}}  {check.detail}")
+        return lines
+
+    def summary(self) -> str:
+        failed = [c for c in self.checks if not c.passed]
+        protocols = sorted({c.protocol for c in self.checks})
+        verdict = "passed" if self.passed else "FAILED"
+        skipped = f"; {len(self.skipped)} texts over the served byte limit not sent" if self.skipped else ""
+        return (
+            f"verify {verdict}: {len(self.checks) - len(failed)}/{len(self.checks)} answers of model "
+            f"'{self.model}' ({self.task}) over {', '.join(protocols)} match {self.checkpoint}{skipped}"
+        )
+
+
+def read_texts(path: Path) -> tuple[str, ...]:
+    """One text per line (a trailing newline ends the last line, it is no extra text)."""
+    try:
+        return tuple(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read texts from {path}: {exc}") from None
+
+
+def checkpoint_from_manifest(repository: Path, model: str) -> Path:
+    """The checkpoint recorded in ``repository/model/hf2triton.json`` at export."""
+    manifest = repository / model / MANIFEST
+    try:
+        return Path(json.loads(manifest.read_text())["checkpoint"]["path"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot read the checkpoint path from {manifest}: {exc}; pass --checkpoint") from None
+
+
+# ----------------------------------------------------------------- references (PyTorch)
+
+
+def _tokenizer(checkpoint: Path, max_length: int):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint, model_max_length=max_length)
+
+
+def _load(auto_class: str, checkpoint: Path):
+    import transformers
+
+    try:
+        return getattr(transformers, auto_class).from_pretrained(checkpoint).eval()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load {checkpoint} with {auto_class}: {exc}") from None
+
+
+def _batches(texts: Sequence[str], size: int = 8) -> list[list[str]]:
+    return [list(texts[i : i + size]) for i in range(0, len(texts), size)]
+
+
+def _pooled(hidden, mask, mode: str):
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+    summed, counts = (hidden * weights).sum(dim=1), weights.sum(dim=1).clamp(min=1e-9)
+    return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
+
+
+def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> np.ndarray:
+    """sentence-transformers for its checkpoints; else AutoModel with the detected pooling."""
+    import torch
+
+    from hf2triton.checkpoint import sentence_transformers_pooling
+
+    if (checkpoint / "modules.json").exists():
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(checkpoint), device="cpu")
+        model.max_seq_length = info.max_sequence_length
+        return model.encode(list(texts), batch_size=8, convert_to_numpy=True)
+    pooling = sentence_transformers_pooling(checkpoint)
+    tokenizer, model = _tokenizer(checkpoint, info.max_sequence_length), _load("AutoModel", checkpoint)
+    parts = []
+    for batch in _batches(texts):
+        encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**encoded).last_hidden_state
+        pooled = _pooled(hidden, encoded["attention_mask"], pooling.mode)
+        parts.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(parts)
+
+
+def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> np.ndarray:
+    import torch
+
+    tokenizer = _tokenizer(checkpoint, info.max_sequence_length)
+    model = _load("AutoModelForSequenceClassification", checkpoint)
+    parts = []
+    for batch in _batches(texts):
+        encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**encoded).logits
+        parts.append((torch.sigmoid(logits) if info.multi_label else torch.softmax(logits, -1)).numpy())
+    return np.concatenate(parts)
+
+
+def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> list[list[dict]]:
+    from transformers import pipeline
+
+    ner = pipeline(
+        "token-classification",
+        model=_load("AutoModelForTokenClassification", checkpoint),
+        tokenizer=_tokenizer(checkpoint, info.max_sequence_length),
+        aggregation_strategy=info.aggregation or "simple",
+        device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "does not support real words": the pipeline's heuristic applies
+        return [ner(text) if text else [] for text in texts]  # the pipeline refuses "" (served: no entities)
+
+
+# ----------------------------------------------------------------- comparisons
+
+
+def _unexpected(served: Result, expected_type: type) -> tuple[bool, str]:
+    return False, f"served a {type(served).__name__}, expected a {expected_type.__name__}"
+
+
+def compare_embedding(served: Result, expected: np.ndarray, info: ModelInfo, tolerance: Tolerance) -> tuple[bool, str]:
+    if not isinstance(served, Embedding):
+        return _unexpected(served, Embedding)
+    if served.vector.shape != expected.shape:
+        return False, f"dimension {served.vector.shape[0]} served, {expected.shape[0]} expected"
+    cosine = float(np.dot(served.vector, expected) / max(np.linalg.norm(served.vector) * np.linalg.norm(expected), 1e-12))
+    return cosine >= tolerance.min_cosine, f"cosine {cosine:.6f} (min {tolerance.min_cosine})"
+
+
+def compare_classification(
+    served: Result, expected: np.ndarray, info: ModelInfo, tolerance: Tolerance
+) -> tuple[bool, str]:
+    if not isinstance(served, Classification):
+        return _unexpected(served, Classification)
+    if len(expected) != len(served.scores):
+        return False, f"{len(served.scores)} labels served, {len(expected)} expected"
+    names = info.labels or tuple(served.scores)
+    top = names[int(expected.argmax())]
+    diff = float(np.max(np.abs(np.array([served.scores.get(n, np.nan) for n in names]) - expected)))
+    same_top = served.label == top or abs(served.score - float(expected.max())) <= tolerance.score_atol  # a tie
+    passed = same_top and diff <= tolerance.score_atol
+    return passed, f"{served.label} ({served.score:.4f}) vs {top} ({float(expected.max()):.4f}), max |Δp| {diff:.1e}"
+
+
+def compare_entities(served: Result, expected: list[dict], info: ModelInfo, tolerance: Tolerance) -> tuple[bool, str]:
+    if not isinstance(served, Entities):
+        return _unexpected(served, Entities)
+    got = [(e.label, e.start, e.end, e.word) for e in served.entities]
+    want = [(e.get("entity_group", e.get("entity")), int(e["start"]), int(e["end"]), e["word"]) for e in expected]
+    if got != want:
+        first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        shown = lambda spans: spans[first][:3] if first < len(spans) else "nothing"  # noqa: E731
+        return False, f"{len(got)} vs {len(want)} entities; #{first}: served {shown(got)}, expected {shown(want)}"
+    diff = max((abs(e.score - float(x["score"])) for e, x in zip(served.entities, expected)), default=0.0)
+    return diff <= tolerance.score_atol, f"{len(got)} entities, max |Δscore| {diff:.1e}"
+
+
+@dataclass(frozen=True)
+class _TaskCheck:
+    """How one task's reference is computed and compared; a new task is a new row."""
+
+    reference: Callable[[Path, Sequence[str], ModelInfo], Sequence]
+    compare: Callable[[Result, Any, ModelInfo, Tolerance], tuple[bool, str]]
+
+
+_TASKS = {
+    "embeddings": _TaskCheck(reference_embeddings, compare_embedding),
+    "sequence-classification": _TaskCheck(reference_probabilities, compare_classification),
+    "token-classification": _TaskCheck(reference_entities, compare_entities),
+}
+
+
+def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float) -> list[Result]:
+    with Client(url, protocol=protocol, model=model) as client:
+        client.wait_for_model(timeout_s=timeout_s)
+        return client.infer(list(texts))
+
+
+def served_info(url: str, protocol: str, model: str, timeout_s: float) -> ModelInfo:
+    with Client(url, protocol=protocol, model=model) as client:
+        return client.wait_for_model(timeout_s=timeout_s)
+
+
+def within_limit(texts: Sequence[str], max_text_bytes: int) -> tuple[list[int], list[int]]:
+    """Indices of the texts the server accepts, and of those it refuses by its byte limit."""
+    sizes = [len(text.encode("utf-8")) for text in texts]
+    kept = [i for i, size in enumerate(sizes) if not 0 < max_text_bytes < size]
+    return kept, [i for i in range(len(texts)) if i not in set(kept)]
+
+
+def verify(
+    model: str,
+    checkpoint: Path,
+    urls: dict[str, str],
+    texts: Sequence[str] = VERIFY_TEXTS,
+    tolerance: Tolerance = Tolerance(),
+    timeout_s: float = 60.0,
+) -> VerifyReport:
+    """Send ``texts`` over each protocol in ``urls`` ({"grpc": host:port, ...}) and compare."""
+    if not texts:
+        raise CheckpointError("no texts to verify with")
+    checkpoint = Path(checkpoint).expanduser().resolve()
+    if not (checkpoint / "config.json").exists():
+        raise CheckpointError(f"{checkpoint} is not a checkpoint directory (no config.json)")
+    protocol, url = next(iter(urls.items()))
+    info = served_info(url, protocol, model, timeout_s)
+    if info.task not in _TASKS:
+        raise CheckpointError(f"model {model!r} serves task {info.task!r}, which verify cannot check")
+    kept, skipped = within_limit(texts, info.max_text_bytes)
+    sent = [texts[i] for i in kept]
+    answers = {protocol: served_answers(url, protocol, model, sent, timeout_s) for protocol, url in urls.items()}
+    task = _TASKS[info.task]
+    log.info("running %s in PyTorch on %d texts", checkpoint, len(sent))
+    expected = task.reference(checkpoint, sent, info) if sent else []
+    checks = []
+    for protocol, results in answers.items():
+        for index, text, served, reference in zip(kept, sent, results, expected):
+            passed, detail = task.compare(served, reference, info, tolerance)
+            checks.append(TextCheck(protocol, index, text, passed, detail))
+    return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
