@@ -34,10 +34,11 @@ def test_parity_figures_per_task(repository):
 
 
 def test_every_config_parses_and_the_ensemble_is_wired(repository):
-    root, _ = repository
+    root, results = repository
     parsed = configs(root)
-    assert set(parsed) == {n for name in (DEFAULT, SENTIMENT, TOPICS, NER) for n in (name, *contract.step_names(name))}
-    for name in (DEFAULT, SENTIMENT, TOPICS, NER):
+    assert set(parsed) == {d.name for result in results.values() for d in result.layout.model_dirs}
+    assert {f"{TOPICS}_int8_qdq", f"{TOPICS}_model_int8_qdq"} <= set(parsed)  # variants side by side
+    for name in (DEFAULT, SENTIMENT, TOPICS, NER, f"{TOPICS}_int8_qdq"):
         ensemble = parsed[name]
         assert ensemble.platform == "ensemble"
         assert [i.name for i in ensemble.input] == [contract.INPUT_TEXT]
