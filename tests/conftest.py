@@ -52,12 +52,13 @@ def tiny_checkpoint(checkpoint_root):
 
 # Ensembles exported once per session into one repository; e2e tests serve it.
 SENTIMENT, TOPICS, DEFAULT = "sentiment", "topics", "all_minilm_l6_v2"
+TOPICS_FUSED = "topics_fused"  # the topics model in the fused layout (one python model)
 
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir):
     """A repository with the default embedder, a MiniLM sentiment classifier and a tiny
-    multi-label RoBERTa (max batch 8, so clients must chunk)."""
+    multi-label RoBERTa (max batch 8, so clients must chunk), the latter also in the fused layout."""
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
 
@@ -68,6 +69,10 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
         TOPICS: export_checkpoint(
             ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS,
                           max_text_bytes=2000, serving=ServingOptions(max_batch_size=8))
+        ),
+        TOPICS_FUSED: export_checkpoint(
+            ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS_FUSED,
+                          max_text_bytes=2000, serving=ServingOptions(max_batch_size=8, layout="fused"))
         ),
     }
     return root, results

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
-from conftest import DEFAULT, SENTIMENT, TOPICS
+from conftest import DEFAULT, SENTIMENT, TOPICS, TOPICS_FUSED
 from hf2triton import contract
 from hf2triton.backends import onnx_model, postprocess, tokenizer
 from hf2triton.errors import ParityError, RepositoryError
@@ -36,7 +36,8 @@ def test_parity_figures_per_task(repository):
 def test_every_config_parses_and_the_ensemble_is_wired(repository):
     root, _ = repository
     parsed = configs(root)
-    assert set(parsed) == {n for name in (DEFAULT, SENTIMENT, TOPICS) for n in (name, *contract.step_names(name))}
+    ensembles = {n for name in (DEFAULT, SENTIMENT, TOPICS) for n in (name, *contract.step_names(name))}
+    assert set(parsed) == ensembles | {TOPICS_FUSED}  # the fused layout is one model
     for name in (DEFAULT, SENTIMENT, TOPICS):
         ensemble = parsed[name]
         assert ensemble.platform == "ensemble"

@@ -18,6 +18,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from hf2triton.onnx_export import DEFAULT_OPSET
     from hf2triton.contract import DEFAULT_MODEL_NAME
     from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES
+    from hf2triton.repository import LAYOUTS, ServingOptions
 
     parser.add_argument(
         "checkpoint",
@@ -46,9 +47,18 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the repository even when the parity check fails (it still reports)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different model already in the output under the same name")
-    parser.add_argument("--model-instances", type=int, default=1, help="ONNX Runtime step instances")
-    parser.add_argument("--intra-op-threads", type=int, default=0,
-                        help="ONNX Runtime threads per model instance (0: one per core)")
+    defaults = ServingOptions()
+    parser.add_argument("--layout", choices=LAYOUTS, default=defaults.layout,
+                        help="ensemble: tokenizer → model → postprocess steps; fused: one python model doing "
+                        "all three, same client contract (default: %(default)s; see README, Performance)")
+    parser.add_argument("--model-instances", type=int, default=defaults.model_instances,
+                        help="ONNX Runtime step (or fused model) instances (default: %(default)s)")
+    parser.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads,
+                        help="ONNX Runtime threads per model instance (0: one per core; default: %(default)s)")
+    parser.add_argument("--queue-delay-us", type=int, default=defaults.model_queue_delay_us,
+                        help="dynamic batching: max µs a request waits for others (default: %(default)s)")
+    parser.add_argument("--preferred-batch-size", type=int, nargs="*", default=list(defaults.preferred_batch_sizes),
+                        help="dynamic batching: preferred batch sizes (default: %(default)s)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -59,6 +69,9 @@ def run_export(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         model_instances=args.model_instances,
         intra_op_threads=args.intra_op_threads,
+        layout=args.layout,
+        model_queue_delay_us=args.queue_delay_us,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
     result = export_checkpoint(
         ExportOptions(
@@ -77,7 +90,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     layout = result.layout
     print(f"{result.parity.summary()}")
-    print(f"wrote ensemble '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
+    print(f"wrote {layout.kind} '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
           f"in {result.seconds['total']:.1f} s")
     print(f"  report: {layout.ensemble_dir / 'parity.json'}")
     print(f"  serve it: hf2triton serve --model-repository {layout.root}")
