@@ -78,20 +78,26 @@ def _pyplot():
     return plt
 
 
-def plot_throughput_latency(points: Sequence[PerfPoint], path: Path, title: str) -> Path:
-    """Throughput (texts/s) against p99 latency (ms), one line per configuration, labelled by concurrency."""
+def plot_throughput_latency(points: Sequence[PerfPoint], path: Path, title: str,
+                            lines: dict[str, Sequence[PerfPoint]] | None = None) -> Path:
+    """Throughput (texts/s) against p99 latency (ms), one line per configuration, labelled by concurrency.
+
+    ``lines`` (label → points) overrides the grouping by protocol and batch size.
+    """
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=90)
-    by_config: dict[str, list[PerfPoint]] = {}
-    for point in points:
-        by_config.setdefault(configuration(point), []).append(point)
-    for config, rows in by_config.items():
-        rows = sorted(rows, key=lambda p: p.concurrency)
+    if lines is None:
+        lines = {}
+        for point in points:
+            lines.setdefault(configuration(point).replace("_b", ", batch "), []).append(point)  # type: ignore[union-attr]
+    for label, group in lines.items():
+        rows = sorted(group, key=lambda p: p.concurrency)
         xs, ys = [p.p99_us / 1000 for p in rows], [p.inferences_per_s for p in rows]
-        axes.plot(xs, ys, marker="o", label=config.replace("_b", ", batch "))
+        axes.plot(xs, ys, marker="o", label=label)
         for p, x, y in zip(rows, xs, ys):
             axes.annotate(f"c{p.concurrency}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes.set_xlabel("p99 latency (ms)")
+    axes.set_xscale("log")
+    axes.set_xlabel("p99 latency (ms, log scale)")
     axes.set_ylabel("throughput (texts/s)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
