@@ -16,9 +16,10 @@ shipped corpus, one text per request, gRPC):
 
 The machines are shared: every measurement records the CPU other processes used
 (/proc/stat minus this process and the server's process group); a measurement over
-``--max-other`` percent is repeated (up to ``--retries``) and the quietest kept. The
-in-process baseline is measured before and after the served runs; the ratios use the
-mean. Results go to perf/results/bench.json and a throughput-vs-p99 plot.
+``--max-other`` percent is repeated (up to ``--retries``) and the quietest kept. Each
+served cell is paired with its in-process reference measured right after it, and the
+ratios come from those pairs. Results go to perf/results/bench.json and a
+throughput-vs-p99 plot.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -82,11 +82,10 @@ def timed_calls(call: Callable[[list[str]], object], texts: list[str], batch: in
 
 
 def measure_in_process(name: str, call, texts: list[str], batch: int, seconds: float, max_other: float,
-                       retries: int) -> InProcess:
+                       retries: int, meter: CpuMeter) -> InProcess:
     best = None
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         call(texts[:batch])  # warm-up
-        meter = CpuMeter()
         before, start = meter.sample(), time.perf_counter()
         done, durations = timed_calls(call, texts, batch, seconds)
         elapsed, usage = time.perf_counter() - start, meter.usage(before, meter.sample())
@@ -94,7 +93,7 @@ def measure_in_process(name: str, call, texts: list[str], batch: int, seconds: f
                            1000 * float(np.percentile(durations, 99)), usage.other_pct)
         if best is None or result.other_cpu_pct < best.other_cpu_pct:
             best = result
-        if result.other_cpu_pct <= max_other:
+        if result.other_cpu_pct <= max_other or attempt == retries:
             break
         print(f"  {name}: other processes used {result.other_cpu_pct:.0f}% CPU, measuring again", flush=True)
     return best
@@ -155,11 +154,11 @@ def measure_served(server, variant: str, texts: list[str], concurrency: int, sec
     settings = SweepSettings(model=variant, urls={"grpc": server.grpc_url}, concurrencies=(concurrency,),
                              window_s=seconds / 3, warmup_s=1.0, stable_windows=3, max_windows=6)
     best = None
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         (point,) = run_sweep(settings, texts, meter)
         if best is None or point.cpu_other_pct < best.cpu_other_pct:
             best = point
-        if point.cpu_other_pct <= max_other:
+        if point.cpu_other_pct <= max_other or attempt == retries:
             break
         print(f"  {variant} c{concurrency}: other processes used {point.cpu_other_pct:.0f}% CPU, measuring again",
               flush=True)
@@ -183,6 +182,33 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One served measurement and the in-process reference measured right after it."""
+
+    served: PerfPoint
+    reference: InProcess
+    torch: InProcess | None = None
+
+
+def measure_variant(server, variant: str, texts: list[str], inproc, torch_run, args) -> dict[int, Cell]:
+    """c1 → ORT b1; c16 → ORT b32 and PyTorch b32; c64 → ORT b32: each pair side by side."""
+    meter = CpuMeter(os.getpgid(server.pid))  # the idle server's own CPU is not someone else's
+    cells = {}
+    for concurrency in (1, 16, 64):
+        served = measure_served(server, variant, texts, concurrency, args.seconds, args.max_other, args.retries)
+        batch = 1 if concurrency == 1 else 32
+        reference = measure_in_process(f"ORT b{batch} after {variant} c{concurrency}", inproc, texts, batch,
+                                       args.seconds, args.max_other, args.retries, meter)
+        torch_b32 = None
+        if concurrency == 16:
+            torch_b32 = measure_in_process(f"PyTorch b32 after {variant} c16", torch_run, texts, 32,
+                                           args.seconds, args.max_other, args.retries, meter)
+        cells[concurrency] = Cell(served, reference, torch_b32)
+    print(f"  measured {variant}", flush=True)
+    return cells
+
+
 def main(argv=None) -> int:
     from hf2triton.server import LocalTritonServer, ServerConfig
 
@@ -193,73 +219,64 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="hf2triton-bench-") as tmp:
         root = Path(tmp) / "repository"
         checkpoint = export_variants(root, args.variants)
-        inproc = ort_pipeline(root, "ensemble")
-        baselines = [measure_in_process("in-process ORT b32", inproc, texts, 32, args.seconds, args.max_other,
-                                        args.retries)]
-        torch_b32 = measure_in_process("PyTorch b32", torch_pipeline(checkpoint), texts, 32, args.seconds,
-                                       args.max_other, args.retries)
-        batch1 = measure_in_process("in-process ORT b1", inproc, texts, 1, args.seconds, args.max_other,
-                                    args.retries)
-        served: dict[str, dict[int, PerfPoint]] = {}
+        inproc, torch_run = ort_pipeline(root, "ensemble"), torch_pipeline(checkpoint)
         config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0)
         with LocalTritonServer(config).start(ready_timeout_s=300) as server:
-            for variant in args.variants:
-                served[variant] = {c: measure_served(server, variant, texts, c, args.seconds, args.max_other,
-                                                     args.retries) for c in (1, 16, 64)}
-                print(f"  measured {variant}", flush=True)
-        baselines.append(measure_in_process("in-process ORT b32 (after)", inproc, texts, 32, args.seconds,
-                                            args.max_other, args.retries))
-    report(args, baselines, torch_b32, batch1, served)
+            cells = {v: measure_variant(server, v, texts, inproc, torch_run, args) for v in args.variants}
+    report(args, cells)
     return 0
 
 
-def report(args, baselines: list[InProcess], torch_b32: InProcess, batch1: InProcess,
-           served: dict[str, dict[int, PerfPoint]]) -> None:
-    ort_b32 = statistics.fmean(b.texts_per_s for b in baselines)
-    print("\nin-process (texts/s, p50/p99 per call, other processes' CPU):")
-    for row in (*baselines, torch_b32, batch1):
-        print(f"  {row.name:<28} {row.texts_per_s:8.1f} texts/s  p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms"
-              f"  other CPU {row.other_cpu_pct:3.0f}%")
-    print(f"\nserved over gRPC, one text per request; ratios vs in-process ORT b32 = {ort_b32:.1f} texts/s "
-          f"(mean of before/after) and PyTorch b32 = {torch_b32.texts_per_s:.1f} texts/s")
-    header = (f"{'variant':<18} {'c16/ORT':>8} {'c64/ORT':>8} {'c16/torch':>9} {'c1 p50':>7} {'c1 p99':>7} "
-              f"{'+p50 ms':>7} {'tok+post':>8} {'c1 t/s':>7} {'c16 t/s':>8} {'c64 t/s':>8} {'other CPU':>13}")
-    print(header)
+def ratios(cells: dict[int, Cell]) -> dict[str, float]:
+    c1, c16, c64 = cells[1], cells[16], cells[64]
+    return {
+        "c16_over_ort_b32": c16.served.inferences_per_s / c16.reference.texts_per_s,
+        "c64_over_ort_b32": c64.served.inferences_per_s / c64.reference.texts_per_s,
+        "c16_over_torch_b32": c16.served.inferences_per_s / c16.torch.texts_per_s,
+        "c1_p50_ms": c1.served.p50_us / 1000,
+        "c1_p99_ms": c1.served.p99_us / 1000,
+        "ort_b1_p50_ms": c1.reference.p50_ms,
+        "ort_b1_p99_ms": c1.reference.p99_ms,
+        "c1_p50_overhead_ms": c1.served.p50_us / 1000 - c1.reference.p50_ms,
+        "tokenizer_postprocess_share_c16": step_share(c16.served),
+    }
+
+
+def report(args, cells: dict[str, dict[int, Cell]]) -> None:
+    print("\nserved over gRPC, one text per request; each served cell is paired with the in-process")
+    print("reference measured right after it (ORT = tokenize + ONNX Runtime + postprocess, same code).")
+    print(f"{'variant':<18} {'c16/ORT32':>9} {'c64/ORT32':>9} {'c16/torch':>9} {'c1 p50':>7} {'c1 p99':>7} "
+          f"{'ORT1 p50':>8} {'+p50':>6} {'tok+post':>8} {'c1 t/s':>7} {'c16 t/s':>8} {'c64 t/s':>8} "
+          f"{'ORT32 t/s':>9} {'torch t/s':>9}  other CPU % (served c1/16/64 | in-process)")
     rows = {}
-    for variant, points in served.items():
-        c1, c16, c64 = points[1], points[16], points[64]
-        row = {
-            "c16_over_ort_b32": c16.inferences_per_s / ort_b32,
-            "c64_over_ort_b32": c64.inferences_per_s / ort_b32,
-            "c16_over_torch_b32": c16.inferences_per_s / torch_b32.texts_per_s,
-            "c64_over_torch_b32": c64.inferences_per_s / torch_b32.texts_per_s,
-            "c1_p50_ms": c1.p50_us / 1000, "c1_p99_ms": c1.p99_us / 1000,
-            "c1_p50_overhead_ms": c1.p50_us / 1000 - batch1.p50_ms,
-            "tokenizer_postprocess_share_c16": step_share(c16),
-            "texts_per_s": {c: p.inferences_per_s for c, p in points.items()},
-            "other_cpu_pct": {c: p.cpu_other_pct for c, p in points.items()},
-            "errors": sum(p.errors for p in points.values()),
-        }
+    for variant, by_c in cells.items():
+        row = ratios(by_c)
         rows[variant] = row
         share = row["tokenizer_postprocess_share_c16"]
-        print(f"{variant:<18} {row['c16_over_ort_b32']:8.2f} {row['c64_over_ort_b32']:8.2f} "
-              f"{row['c16_over_torch_b32']:9.2f} {row['c1_p50_ms']:7.2f} {row['c1_p99_ms']:7.2f} "
-              f"{row['c1_p50_overhead_ms']:7.2f} {'fused' if share != share else f'{100 * share:.1f}%':>8} "
-              f"{c1.inferences_per_s:7.1f} {c16.inferences_per_s:8.1f} {c64.inferences_per_s:8.1f} "
-              f"{'/'.join(f'{p.cpu_other_pct:.0f}' for p in points.values()):>12}%")
-        if row["errors"]:
-            print(f"  {variant}: {row['errors']} failed requests, first: "
-                  f"{next(p.first_error for p in points.values() if p.first_error)}")
+        served_other = "/".join(f"{by_c[c].served.cpu_other_pct:.0f}" for c in (1, 16, 64))
+        ref_other = "/".join(f"{by_c[c].reference.other_cpu_pct:.0f}" for c in (1, 16, 64))
+        print(f"{variant:<18} {row['c16_over_ort_b32']:9.2f} {row['c64_over_ort_b32']:9.2f} "
+              f"{row['c16_over_torch_b32']:9.2f} {row['c1_p50_ms']:7.1f} {row['c1_p99_ms']:7.1f} "
+              f"{row['ort_b1_p50_ms']:8.1f} {row['c1_p50_overhead_ms']:6.1f} "
+              f"{'fused' if share != share else f'{100 * share:.1f}%':>8} "
+              f"{by_c[1].served.inferences_per_s:7.1f} {by_c[16].served.inferences_per_s:8.1f} "
+              f"{by_c[64].served.inferences_per_s:8.1f} {by_c[16].reference.texts_per_s:9.1f} "
+              f"{by_c[16].torch.texts_per_s:9.1f}  {served_other} | {ref_other} "
+              f"(torch {by_c[16].torch.other_cpu_pct:.0f})")
+        errors = sum(cell.served.errors for cell in by_c.values())
+        if errors:
+            first = next(cell.served.first_error for cell in by_c.values() if cell.served.first_error)
+            print(f"  {variant}: {errors} failed requests, first: {first}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     document = {
         "cpu_flags": list(cpu_flags()), "cores": os.cpu_count(), "seconds_per_cell": args.seconds,
-        "in_process": [asdict(b) for b in (*baselines, torch_b32, batch1)], "served": rows,
-        "points": {v: {c: asdict(p) for c, p in pts.items()} for v, pts in served.items()},
+        "ratios": rows,
+        "cells": {v: {c: asdict(cell) for c, cell in by_c.items()} for v, by_c in cells.items()},
     }
     (args.output_dir / "bench.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     plot = plot_throughput_latency([], args.output_dir / "bench_throughput_p99.png",
-                                   "all-MiniLM-L6-v2, gRPC, 1 text/request, concurrency 1/16/64",
-                                   lines={v: list(p.values()) for v, p in served.items()})
+                                   "all-MiniLM-L6-v2 served on 2 CPU cores, gRPC, 1 text/request, c = 1/16/64",
+                                   lines={v: [cell.served for cell in by_c.values()] for v, by_c in cells.items()})
     print(f"\nwrote {args.output_dir / 'bench.json'} and {plot}")
 
 

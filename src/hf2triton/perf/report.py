@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,6 +110,13 @@ def plot_throughput_latency(points: Sequence[PerfPoint], path: Path, title: str,
     return path
 
 
+def short_name(step: str, steps: Sequence[str]) -> str:
+    """``NAME_tokenizer`` → ``tokenizer`` when every step shares the ``NAME_`` prefix."""
+    prefix = os.path.commonprefix(list(steps)) if len(steps) > 1 else ""
+    prefix = prefix[: prefix.rfind("_") + 1]
+    return step[len(prefix):] or step
+
+
 def plot_step_time(points: Sequence[PerfPoint], path: Path, title: str) -> Path:
     """Stacked per-step queue and compute time per request (ms), one bar per point."""
     plt = _pyplot()
@@ -125,7 +133,8 @@ def plot_step_time(points: Sequence[PerfPoint], path: Path, title: str) -> Path:
                 value = 0.0 if found is None else (found.queue_us if phase == "queue" else found.compute_us)
                 heights.append(value / 1000)
             axes.bar(labels, heights, bottom=bottoms, color=colors[(2 * index + offset) % len(colors)],
-                     hatch=hatch, label=f"{step} {phase}", edgecolor="white", linewidth=0.5)
+                     hatch=hatch, label=f"{short_name(step, step_names)} {phase}", edgecolor="white",
+                     linewidth=0.5)
             bottoms = [b + h for b, h in zip(bottoms, heights)]
     axes.set_ylabel("server time per request (ms)")
     axes.set_title(title, fontsize=10)
