@@ -48,12 +48,14 @@ from hf2triton.perf.stats import compute_shares  # noqa: E402
 from hf2triton.perf.sweep import PerfPoint, SweepSettings, run_sweep  # noqa: E402
 from hf2triton.repository import ServingOptions  # noqa: E402
 
+# Instances × ONNX Runtime threads: "1x2" is one instance using both cores of this machine;
+# the defaults run two instances sharing the cores (one thread each on 2 cores).
 VARIANTS = {
     "ensemble": ServingOptions(),
+    "ensemble_1x2": ServingOptions(model_instances=1),
     "ensemble_delay1ms": ServingOptions(model_queue_delay_us=1000),
-    "ensemble_2x1": ServingOptions(model_instances=2, intra_op_threads=1),
     "fused": ServingOptions(layout="fused"),
-    "fused_2x1": ServingOptions(layout="fused", model_instances=2, intra_op_threads=1),
+    "fused_1x2": ServingOptions(layout="fused", model_instances=1),
 }
 
 

@@ -55,6 +55,14 @@ def test_fused_pipeline_matches_the_ensemble_steps_in_process(repository):
     assert outputs["TRUNCATED"].shape == (len(TEXTS), 1) and outputs["TRUNCATED"].any()
 
 
+def test_model_instances_share_the_cores_unless_threads_are_set():
+    assert onnx_model.threads_per_instance(0, instances=2, cores=2) == 1
+    assert onnx_model.threads_per_instance(0, instances=2, cores=16) == 8
+    assert onnx_model.threads_per_instance(0, instances=4, cores=2) == 1
+    assert onnx_model.threads_per_instance(3, instances=2, cores=2) == 3
+    assert onnx_model.instance_count({"instance_group": [{"count": 2, "kind": "KIND_CPU"}]}) == 2
+
+
 def test_unknown_layout_is_refused():
     with pytest.raises(RepositoryError, match="layout"):
         ServingOptions(layout="pipeline")

@@ -54,7 +54,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-instances", type=int, default=defaults.model_instances,
                         help="ONNX Runtime step (or fused model) instances (default: %(default)s)")
     parser.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads,
-                        help="ONNX Runtime threads per model instance (0: one per core; default: %(default)s)")
+                        help="ONNX Runtime threads per model instance (0: the cores shared among the "
+                        "instances; default: %(default)s)")
     parser.add_argument("--queue-delay-us", type=int, default=defaults.model_queue_delay_us,
                         help="dynamic batching: max µs a request waits for others (default: %(default)s)")
     parser.add_argument("--preferred-batch-size", type=int, nargs="*", default=list(defaults.preferred_batch_sizes),

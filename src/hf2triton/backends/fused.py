@@ -103,9 +103,10 @@ class TritonPythonModel:
         self.token_settings = tokenizer.TokenizerSettings.from_json(params["settings"])
         self.answer_settings = AnswerSettings.from_json(params["answer"])
         self.encoder = tokenizer.load_tokenizer(version_dir / "tokenizer.json", self.token_settings.max_length)
-        self.session = onnx_model.create_session(
-            version_dir / params.get("onnx_file", "model.onnx"), int(params.get("intra_op_threads", "0"))
+        threads = onnx_model.threads_per_instance(
+            int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)
         )
+        self.session = onnx_model.create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]
