@@ -63,6 +63,32 @@ def test_model_instances_share_the_cores_unless_threads_are_set():
     assert onnx_model.instance_count({"instance_group": [{"count": 2, "kind": "KIND_CPU"}]}) == 2
 
 
+def test_switching_layout_replaces_the_other_layouts_folders(repository, tmp_path):
+    from hf2triton.repository import write_repository
+    from hf2triton.tokenization import tokenizer_settings
+
+    root, results = repository
+    result = results[TOPICS]
+    tokenizer_json = root / f"{TOPICS}_tokenizer" / "1" / "tokenizer.json"
+    settings = tokenizer_settings(tokenizer_json, result.checkpoint, 2000)
+    target = tmp_path / "model_repository"
+
+    manifest = {"checkpoint": {"fingerprint": result.checkpoint.fingerprint}}
+
+    def write(layout: str):  # the same checkpoint again: no --overwrite needed
+        return write_repository(target, "m", result.checkpoint, result.layout.onnx_file, tokenizer_json, settings,
+                                ServingOptions(layout=layout), manifest, {})
+
+    write("ensemble")
+    assert sorted(p.name for p in target.iterdir()) == ["m", "m_model", "m_postprocess", "m_tokenizer"]
+    write("fused")
+    assert sorted(p.name for p in target.iterdir()) == ["m"]
+    assert parse_pbtxt((target / "m" / "config.pbtxt").read_text()).backend == "python"
+    write("ensemble")
+    assert len(list(target.iterdir())) == 4
+    assert parse_pbtxt((target / "m" / "config.pbtxt").read_text()).platform == "ensemble"
+
+
 def test_unknown_layout_is_refused():
     with pytest.raises(RepositoryError, match="layout"):
         ServingOptions(layout="pipeline")

@@ -251,7 +251,10 @@ def json_safe(value):
 @contextlib.contextmanager
 def progress_bar(points: int):
     """A tqdm bar over sweep points; the callback marks a point done when a new one starts."""
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise Hf2TritonError("the progress bar needs tqdm: pip install 'hf2triton[perf]'") from exc
 
     with tqdm(total=points, unit="point", file=sys.stderr, dynamic_ncols=True) as bar:
         seen: set[str] = set()

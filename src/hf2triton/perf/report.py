@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hf2triton.errors import MissingDependencyError
 from hf2triton.perf.sweep import PerfPoint
 
 # perf_analyzer -f: times in µs; server parts summed over an ensemble's composing models.
@@ -71,7 +72,12 @@ def write_json(points: Sequence[PerfPoint], path: Path, context: dict[str, Any])
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "plots need matplotlib: pip install 'hf2triton[perf]' (or matplotlib)"
+        ) from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
