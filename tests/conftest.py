@@ -53,13 +53,15 @@ def tiny_checkpoint(checkpoint_root):
 # Ensembles exported once per session into one repository; e2e tests serve it.
 SENTIMENT, TOPICS, DEFAULT, NER = "sentiment", "topics", "all_minilm_l6_v2", "ner"
 NER_MAX_LENGTH = 48  # short, so the e2e tests see entities cut by truncation
+TOPICS_FUSED = "topics_fused"  # the topics model in the fused layout (one python model)
 
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_dir, tiny_checkpoint):
     """A repository with the default embedder, a MiniLM sentiment classifier, a tiny
     multi-label RoBERTa (max batch 8, so clients must chunk) with its int8 variants served
-    side by side (``topics_int8_qdq``, ``topics_int8_dynamic``, ...), and a tiny BERT NER model."""
+    side by side (``topics_int8_qdq``, ``topics_int8_dynamic``, ...) and also in the fused
+    layout, and a tiny BERT NER model."""
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
     from hf2triton.variants import VariantOptions
@@ -77,6 +79,10 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
         NER: export_checkpoint(
             ExportOptions(checkpoint=tiny_checkpoint("bert", "token-classification"), output_dir=root, name=NER,
                           max_length=NER_MAX_LENGTH, aggregation="first")
+        ),
+        TOPICS_FUSED: export_checkpoint(
+            ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS_FUSED,
+                          max_text_bytes=2000, serving=ServingOptions(max_batch_size=8, layout="fused"))
         ),
     }
     return root, results

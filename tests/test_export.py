@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
-from conftest import DEFAULT, NER, SENTIMENT, TOPICS
+from conftest import DEFAULT, NER, SENTIMENT, TOPICS, TOPICS_FUSED
 from hf2triton import contract
 from hf2triton.backends import onnx_model, postprocess, tokenizer
 from hf2triton.errors import ParityError, RepositoryError
@@ -38,6 +38,7 @@ def test_every_config_parses_and_the_ensemble_is_wired(repository):
     parsed = configs(root)
     assert set(parsed) == {d.name for result in results.values() for d in result.layout.model_dirs}
     assert {f"{TOPICS}_int8_qdq", f"{TOPICS}_model_int8_qdq"} <= set(parsed)  # variants side by side
+    assert TOPICS_FUSED in parsed and f"{TOPICS_FUSED}_model" not in parsed  # the fused layout is one model
     for name in (DEFAULT, SENTIMENT, TOPICS, NER, f"{TOPICS}_int8_qdq"):
         ensemble = parsed[name]
         assert ensemble.platform == "ensemble"

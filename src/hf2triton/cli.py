@@ -1,8 +1,9 @@
-"""``hf2triton`` command line: thin shells over the library (export, serve, infer, verify, demo)."""
+"""``hf2triton`` command line: thin shells over the library (export, serve, infer, verify, demo, perf)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from hf2triton.backends.postprocess import AGGREGATIONS
     from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES
     from hf2triton.tasks import TASKS
+    from hf2triton.repository import LAYOUTS, ServingOptions
 
     parser.add_argument(
         "checkpoint",
@@ -75,9 +77,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         "use the Triton container's backends (default: %(default)s)")
     parser.add_argument("--ort-tensorrt-precision", choices=["FP16", "FP32"],
                         help="onnxruntime backend: enable its TensorRT execution provider")
-    parser.add_argument("--model-instances", type=int, default=1, help="ONNX Runtime step instances")
-    parser.add_argument("--intra-op-threads", type=int, default=0,
-                        help="ONNX Runtime threads per model instance (0: one per core)")
+    defaults = ServingOptions()
+    parser.add_argument("--layout", choices=LAYOUTS, default=defaults.layout,
+                        help="ensemble: tokenizer → model → postprocess steps; fused: one python model doing "
+                        "all three, same client contract (default: %(default)s; see README, Performance)")
+    parser.add_argument("--model-instances", type=int, default=defaults.model_instances,
+                        help="ONNX Runtime step (or fused model) instances (default: %(default)s)")
+    parser.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads,
+                        help="ONNX Runtime threads per model instance (0: the cores shared among the "
+                        "instances; default: %(default)s)")
+    parser.add_argument("--queue-delay-us", type=int, default=defaults.model_queue_delay_us,
+                        help="dynamic batching: max µs a request waits for others (default: %(default)s)")
+    parser.add_argument("--preferred-batch-size", type=int, nargs="*", default=list(defaults.preferred_batch_sizes),
+                        help="dynamic batching: preferred batch sizes (default: %(default)s)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -91,6 +103,9 @@ def run_export(args: argparse.Namespace) -> int:
         intra_op_threads=args.intra_op_threads,
         backend=args.backend,
         ort_tensorrt_precision=args.ort_tensorrt_precision,
+        layout=args.layout,
+        model_queue_delay_us=args.queue_delay_us,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
     )
     variants = VariantOptions(
         precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
@@ -123,7 +138,7 @@ def run_export(args: argparse.Namespace) -> int:
     layout = result.layout
     print(f"{result.parity.summary()}")
     print_variants(result)
-    print(f"wrote ensemble '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
+    print(f"wrote {layout.kind} '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
           f"in {result.seconds['total']:.1f} s")
     print(f"  report: {layout.ensemble_dir / 'parity.json'}")
     print(f"  serve it: hf2triton serve --model-repository {layout.root}")
@@ -285,6 +300,98 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
+    from hf2triton.contract import DEFAULT_MODEL_NAME
+
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model or ensemble (default: %(default)s)")
+    parser.add_argument("--protocol", nargs="+", choices=["grpc", "http"], default=["grpc"],
+                        help="protocols to sweep (default: grpc)")
+    parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="(default: %(default)s)")
+    parser.add_argument("--http-url", default="127.0.0.1:8000", help="(default: %(default)s)")
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 8, 16],
+                        help="requests in flight (default: 1 2 4 8 16)")
+    parser.add_argument("--batch-size", nargs="+", type=int, default=[1], help="texts per request (default: 1)")
+    parser.add_argument("--texts", type=Path, help="text file, one text per line (default: the shipped corpus)")
+    parser.add_argument("--window", type=float, default=2.0, help="measurement window in s (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up per point in s (default: %(default)s)")
+    parser.add_argument("--stability", type=float, default=10.0,
+                        help="windows agree within this %% (default: %(default)s)")
+    parser.add_argument("--stable-windows", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument("--max-windows", type=int, default=8, help="bound per point (default: %(default)s)")
+    parser.add_argument("-o", "--output-dir", type=Path, default=Path("perf/results"),
+                        help="where CSV, JSON and PNG go (default: %(default)s)")
+    parser.add_argument("--prefix", default="sweep", help="file name prefix (default: %(default)s)")
+
+
+def run_perf(args: argparse.Namespace) -> int:
+    """Sweep a running server; print one line per point and where the files went."""
+    from hf2triton.perf.corpus import load_texts
+    from hf2triton.perf.cpu import cpu_flags, meter_for_port
+    from hf2triton.perf.report import write_report
+    from hf2triton.perf.sweep import SweepSettings, run_sweep
+
+    urls = {p: (args.grpc_url if p == "grpc" else args.http_url) for p in args.protocol}
+    settings = SweepSettings(
+        model=args.model, urls=urls, concurrencies=tuple(args.concurrency), batch_sizes=tuple(args.batch_size),
+        window_s=args.window, warmup_s=args.warmup, stability_pct=args.stability,
+        stable_windows=args.stable_windows, max_windows=args.max_windows,
+    )
+    meter = meter_for_port(int(next(iter(urls.values())).rsplit(":", 1)[1]))
+    with progress_bar(settings.point_count) as progress:
+        points = run_sweep(settings, load_texts(args.texts), meter, progress)
+    context = {
+        "model": args.model, "urls": urls, "cpu_flags": list(cpu_flags()), "cores": os.cpu_count(),
+        "server_cpu_accounted": meter.server_pgid is not None,
+        "settings": {key: value for key, value in vars(args).items() if key != "run"},
+    }
+    files = write_report(points, args.output_dir, args.prefix, json_safe(context), f"{args.model} (local sweep)")
+    print_points(points)
+    for path in (*files.csvs, files.json, files.throughput_plot, files.step_plot):
+        print(f"wrote {path}")
+    return 1 if any(p.errors for p in points) else 0
+
+
+def json_safe(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+@contextlib.contextmanager
+def progress_bar(points: int):
+    """A tqdm bar over sweep points; the callback marks a point done when a new one starts."""
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise Hf2TritonError("the progress bar needs tqdm: pip install 'hf2triton[perf]'") from exc
+
+    with tqdm(total=points, unit="point", file=sys.stderr, dynamic_ncols=True) as bar:
+        seen: set[str] = set()
+
+        def update(label: str, windows: int, inferences_per_s: float) -> None:
+            if label not in seen:
+                if seen:
+                    bar.update(1)
+                seen.add(label)
+            bar.set_postfix_str(f"{label} window {windows}: {inferences_per_s:.0f} texts/s")
+
+        yield update
+        bar.update(points - bar.n)
+
+
+def print_points(points) -> None:
+    print(f"{'point':<16} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'queue ms':>9} {'compute ms':>10} "
+          f"{'errors':>6} {'stable':>6} {'other CPU':>9}")
+    for p in points:
+        compute = p.server.compute_input_us + p.server.compute_infer_us + p.server.compute_output_us
+        print(f"{p.protocol + ' b' + str(p.batch_size) + ' c' + str(p.concurrency):<16} "
+              f"{p.inferences_per_s:>9.1f} {p.p50_us / 1000:>8.2f} {p.p99_us / 1000:>8.2f} "
+              f"{p.server.queue_us / 1000:>9.2f} {compute / 1000:>10.2f} {p.errors:>6} "
+              f"{'yes' if p.stable else 'no':>6} {p.cpu_other_pct:>8.0f}%")
+        if p.errors:
+            print(f"  first error: {p.first_error}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf2triton", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -317,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     add_client_arguments(demo)
     demo.set_defaults(run=run_demo)
+
+    perf = commands.add_parser("perf", help="sweep a running server: perf_analyzer CSV columns, JSON, plots",
+                               description="Load a running server with asyncio clients over a concurrency "
+                               "range; write perf_analyzer -f CSV, per-step JSON and PNG plots.")
+    add_perf_arguments(perf)
+    perf.set_defaults(run=run_perf)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Write the Triton model repository: ensemble ``NAME`` = tokenizer → model → postprocess.
+"""Write the Triton model repository: ensemble ``NAME`` = tokenizer → model → postprocess,
+or (``layout="fused"``) one python-backend model ``NAME`` doing all three.
+
+Both layouts keep the client contract of :mod:`hf2triton.contract`: ``TEXT`` in, the
+task outputs and ``TRUNCATED`` out, and the contract parameters on ``NAME``'s config.
 
 The repository is self-contained and relocatable: step code (``model.py``), the ONNX
 file, tokenizer.json, labels and settings are copied in; nothing points back to the
@@ -18,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 
 from hf2triton import contract
+from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
+from hf2triton.backends.fused import AnswerSettings
 from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.checkpoint import Checkpoint
@@ -41,26 +47,46 @@ log = logging.getLogger(__name__)
 BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
 MANIFEST = "hf2triton.json"  # in the ensemble's folder: what built it, from which checkpoint
 VERSION = "1"
+LAYOUTS = ("ensemble", "fused")
+DEFAULT_LAYOUT = "ensemble"
 
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """How the served steps batch and how many instances run (tuned by measurement later)."""
+    """How the served steps batch and how many instances run; defaults measured (README, Performance).
+
+    Two model instances sharing the cores (``intra_op_threads=0``: cores // instances
+    threads each, decided where the model is served) beat one instance using every core;
+    no queue delay: at concurrency 1 it is pure latency, under load requests queue anyway.
+    """
 
     max_batch_size: int = 32
     tokenizer_instances: int = 1
-    model_instances: int = 1
+    model_instances: int = 2
     postprocess_instances: int = 1
     model_queue_delay_us: int = 0
-    intra_op_threads: int = 0  # ONNX Runtime threads per model instance; 0 = one per core
+    intra_op_threads: int = 0  # ONNX Runtime threads per model instance; 0 = the cores shared among instances
+    layout: str = DEFAULT_LAYOUT  # "ensemble" (three steps) or "fused" (one python model)
+    preferred_batch_sizes: tuple[int, ...] = ()  # for the model step (or the fused model)
     # Model-step flavour: "python-ort" runs anywhere the python backend does (the bundled
     # CPU server); "onnxruntime" and "tensorrt" use the Triton container's own backends.
     backend: str = "python-ort"
     ort_tensorrt_precision: str | None = None  # onnxruntime flavour: TensorRT EP, "FP16"/"FP32"
 
     def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise RepositoryError(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.backend not in BACKENDS:
             raise RepositoryError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.layout == "fused" and self.backend != "python-ort":
+            raise RepositoryError("the fused layout is one python model: it runs ONNX Runtime itself "
+                                  "(--backend python-ort); use the ensemble layout for the container backends")
+        if any(not 1 <= size <= self.max_batch_size for size in self.preferred_batch_sizes):
+            raise RepositoryError(
+                f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}"
+            )
+        if self.model_queue_delay_us < 0:
+            raise RepositoryError("the model queue delay must be >= 0 µs")
         if not 1 <= self.max_batch_size <= 4096:
             raise RepositoryError(f"max batch size {self.max_batch_size} is outside 1..4096")
         for field_name in ("tokenizer_instances", "model_instances", "postprocess_instances"):
@@ -74,11 +100,12 @@ class ServingOptions:
 class RepositoryLayout:
     root: Path
     name: str
+    kind: str = DEFAULT_LAYOUT
     variants: tuple[str, ...] = ()  # extra ensembles NAME_<variant> over NAME_model_<variant>
 
     @property
-    def steps(self) -> tuple[str, str, str]:
-        return contract.step_names(self.name)
+    def steps(self) -> tuple[str, ...]:
+        return contract.step_names(self.name) if self.kind == "ensemble" else ()
 
     @property
     def model_dirs(self) -> tuple[Path, ...]:
@@ -86,12 +113,18 @@ class RepositoryLayout:
         return tuple(self.root / n for n in (self.name, *self.steps, *extra))
 
     @property
+    def stale_dirs(self) -> tuple[Path, ...]:
+        """Step folders of the other layout under the same name, removed when this one is written."""
+        return () if self.kind == "ensemble" else tuple(self.root / n for n in contract.step_names(self.name))
+
+    @property
     def ensemble_dir(self) -> Path:
         return self.root / self.name
 
     @property
     def onnx_file(self) -> Path:
-        return self.root / self.steps[1] / VERSION / "model.onnx"
+        holder = self.steps[1] if self.steps else self.name
+        return self.root / holder / VERSION / "model.onnx"
 
     @property
     def manifest(self) -> Path:
@@ -176,7 +209,7 @@ def step_models(
         outputs=(model_output,),
         max_batch_size=mbs,
         instance_count=serving.model_instances,
-        batching=Batching(max_queue_delay_us=serving.model_queue_delay_us),
+        batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads)},
     )
     available = {
@@ -195,6 +228,48 @@ def step_models(
     return tokenizer, model, postprocess
 
 
+def contract_parameters(checkpoint: Checkpoint, settings: TokenizerSettings) -> dict[str, str]:
+    """What a client reads from ``NAME``'s config, whatever the layout."""
+    return {
+        contract.PARAM_TASK: checkpoint.task.name,
+        contract.PARAM_LABELS: json.dumps(list(checkpoint.labels)),
+        contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
+        contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
+        contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
+    }
+
+
+def fused_model(
+    name: str, checkpoint: Checkpoint, settings: TokenizerSettings, serving: ServingOptions
+) -> PythonModel:
+    """One python-backend model: TEXT in, the ensemble's outputs out, the same parameters."""
+    tokenizer, model, postprocess = step_models(name, checkpoint, settings, serving)
+    answer = AnswerSettings(
+        task=checkpoint.task.name,
+        model_output=model.outputs[0].name,
+        pooling=checkpoint.pooling.mode,
+        normalize=checkpoint.pooling.normalize,
+        labels=tuple(checkpoint.labels),
+        multi_label=checkpoint.multi_label,
+    )
+    return PythonModel(
+        name=name,
+        inputs=tokenizer.inputs,
+        outputs=(*postprocess.outputs, tokenizer.outputs[-1]),
+        max_batch_size=serving.max_batch_size,
+        instance_count=serving.model_instances,
+        batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
+        parameters={
+            **contract_parameters(checkpoint, settings),
+            "settings": settings.to_json(),
+            "answer": answer.to_json(),
+            "truncated_output": contract.OUTPUT_TRUNCATED,
+            "onnx_file": "model.onnx",
+            "intra_op_threads": str(serving.intra_op_threads),
+        },
+    )
+
+
 def ensemble_model(
     name: str,
     steps: tuple[PythonModel, PythonModel, PythonModel],
@@ -208,13 +283,7 @@ def ensemble_model(
     def identity(tensors):
         return {t.name: t.name for t in tensors}
 
-    parameters = {
-        contract.PARAM_TASK: checkpoint.task.name,
-        contract.PARAM_LABELS: json.dumps(list(checkpoint.labels)),
-        contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
-        contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
-        contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
-    }
+    parameters = contract_parameters(checkpoint, settings)
     if entities is not None:
         parameters[contract.PARAM_AGGREGATION] = entities.aggregation
     return Ensemble(
@@ -239,7 +308,7 @@ def check_destination(layout: RepositoryLayout, fingerprint: str, overwrite: boo
     """Refuse to replace another model's folders unless ``overwrite``."""
     if layout.root.exists() and not layout.root.is_dir():
         raise RepositoryError(f"output {layout.root} exists and is not a directory")
-    existing = [d for d in layout.model_dirs if d.exists()]
+    existing = [d for d in (*layout.model_dirs, *layout.stale_dirs) if d.exists()]
     if not existing or overwrite:
         return
     previous = None
@@ -291,38 +360,37 @@ def write_repository(
 ) -> RepositoryLayout:
     """Write the model folders for ``name`` under ``root`` and return their layout.
 
-    ``onnx_file`` is what ``NAME`` serves; each of ``variants`` (name → ONNX file) gets its
-    own ensemble ``NAME_<variant>`` sharing the tokenizer and postprocess steps. With the
-    tensorrt backend, ``plans`` maps compute capability → engine file for the model step.
+    ``onnx_file`` is what ``NAME`` serves. In the ensemble layout each of ``variants``
+    (name → ONNX file) gets its own ensemble ``NAME_<variant>`` sharing the tokenizer and
+    postprocess steps, and with the tensorrt backend ``plans`` maps GPU compute capability
+    → engine file for the model step.
     """
     variants = variants or {}
-    layout = RepositoryLayout(Path(root).resolve(), name, tuple(variants))
+    if serving.layout == "fused":
+        if entities is not None:
+            raise RepositoryError("token classification needs the ensemble layout (--layout ensemble)")
+        if variants:
+            log.warning("the fused layout serves one variant; %s not written", ", ".join(variants))
+            variants = {}
+    layout = RepositoryLayout(Path(root).resolve(), name, serving.layout, tuple(variants))
     check_destination(layout, checkpoint.fingerprint, overwrite)
     layout.root.mkdir(parents=True, exist_ok=True)
-    steps = step_models(name, checkpoint, settings, serving, entities)
-    tokenizer, model, postprocess = steps
     with tempfile.TemporaryDirectory(dir=layout.root.parent, prefix=f".{name}-staging-") as tmp:
         staging = Path(tmp)
-        write_model(staging, tokenizer, {"model.py": backend_source("tokenizer"), "tokenizer.json": tokenizer_json})
-        write_model_step(staging, model, onnx_file, serving, plans or {})
-        post_files: dict[str, bytes | Path] = {"model.py": backend_source("postprocess")}
-        if entities is not None:  # words are the tokenizer's own tokens, decoded as transformers does
-            post_files["tokenizer.json"] = tokenizer_json
-        write_model(staging, postprocess, post_files)
-        write_model(staging, ensemble_model(name, steps, checkpoint, settings, entities), {})
-        for variant, variant_file in variants.items():
-            variant_step = replace(model, name=variant_model(name, variant))
-            flavour = "python-ort" if serving.backend == "python-ort" else "onnxruntime"
-            write_model_step(staging, variant_step, variant_file, replace(serving, backend=flavour), {})
-            ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
-                                      checkpoint, settings, entities)
-            write_model(staging, ensemble, {})
+        if layout.kind == "fused":
+            write_fused(staging, name, checkpoint, onnx_file, tokenizer_json, settings, serving)
+        else:
+            write_ensemble(staging, name, checkpoint, onnx_file, tokenizer_json, settings, serving,
+                           entities, variants, plans or {})
         (staging / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for report_name, report in reports.items():
             (staging / name / f"{report_name}.json").write_text(json.dumps(report, indent=2) + "\n")
         for folder in layout.model_dirs:
             replace_dir(staging / folder.name, folder)
-    log.info("wrote ensemble %s to %s", name, layout.root)
+        for folder in layout.stale_dirs:
+            if folder.exists():
+                shutil.rmtree(folder)
+    log.info("wrote %s %s to %s", layout.kind, name, layout.root)
     return layout
 
 
@@ -347,6 +415,38 @@ def write_model_step(
         files[f"{filename}.json"] = plan.with_name(plan.name + ".json")
         cc_plans[capability] = filename
     write_model(staging, platform_step(model, serving, cc_plans if len(plans) > 1 else {}), files)
+
+
+def write_ensemble(
+    staging: Path, name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path,
+    settings: TokenizerSettings, serving: ServingOptions, entities: EntitySettings | None,
+    variants: dict[str, Path], plans: dict[str, Path],
+) -> None:
+    steps = step_models(name, checkpoint, settings, serving, entities)
+    tokenizer, model, postprocess = steps
+    write_model(staging, tokenizer, {"model.py": backend_source("tokenizer"), "tokenizer.json": tokenizer_json})
+    write_model_step(staging, model, onnx_file, serving, plans)
+    post_files: dict[str, bytes | Path] = {"model.py": backend_source("postprocess")}
+    if entities is not None:  # words are the tokenizer's own tokens, decoded as transformers does
+        post_files["tokenizer.json"] = tokenizer_json
+    write_model(staging, postprocess, post_files)
+    write_model(staging, ensemble_model(name, steps, checkpoint, settings, entities), {})
+    for variant, variant_file in variants.items():
+        variant_step = replace(model, name=variant_model(name, variant))
+        flavour = "python-ort" if serving.backend == "python-ort" else "onnxruntime"
+        write_model_step(staging, variant_step, variant_file, replace(serving, backend=flavour), {})
+        ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
+                                  checkpoint, settings, entities)
+        write_model(staging, ensemble, {})
+
+
+def write_fused(staging: Path, name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path,
+                settings: TokenizerSettings, serving: ServingOptions) -> None:
+    """The fused model's folder: model.py plus the three step modules it imports, copied beside it."""
+    files: dict[str, bytes | Path] = {"model.py": backend_source("fused"), "tokenizer.json": tokenizer_json,
+                                      "model.onnx": onnx_file}
+    files.update({f"{module}.py": backend_source(module) for module in FUSED_STEP_MODULES})
+    write_model(staging, fused_model(name, checkpoint, settings, serving), files)
 
 
 def replace_dir(new: Path, destination: Path) -> None:

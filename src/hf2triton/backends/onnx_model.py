@@ -9,6 +9,7 @@ are concatenated into one ONNX Runtime call.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,29 @@ def create_session(model_path: str | Path, intra_op_threads: int = 0) -> ort.Inf
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads  # 0 = one per core
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_instance(configured: int, instances: int, cores: int | None = None) -> int:
+    """ONNX Runtime threads for one model instance: as configured, or (0) the cores shared among instances.
+
+    Measured on 2 shared cores: two instances of one thread each served 1.3–2x the
+    throughput of one instance of two threads, whose threads stall when another process
+    takes a core.
+    """
+    if configured > 0:
+        return configured
+    return max(1, (cores or usable_cores()) // max(1, instances))
+
+
+def instance_count(config: dict) -> int:
+    return sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
 
 
 def group_by_shape(feeds: list[dict[str, np.ndarray]]) -> dict[tuple, list[int]]:
@@ -58,10 +82,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.session = create_session(
-            version_dir / params.get("onnx_file", "model.onnx"),
-            int(params.get("intra_op_threads", "0")),
-        )
+        threads = threads_per_instance(int(params.get("intra_op_threads", "0")), instance_count(config))
+        self.session = create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
 

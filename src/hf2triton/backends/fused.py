@@ -1,0 +1,137 @@
+"""Fused layout: tokenizer + ONNX Runtime + postprocess in one python-backend model.
+
+The same client contract as the ensemble (``TEXT`` in; ``EMBEDDING`` or ``LABEL`` +
+``SCORES``, and ``TRUNCATED`` out; the ensemble's parameters on this model's config),
+without the two extra hops between steps. All texts of all requests in one
+``execute`` call are tokenized in one Rust batch call, grouped by sequence-length
+bucket, run through ONNX Runtime once per bucket and postprocessed per bucket.
+
+Self-contained when served: the three step modules are copied beside this file
+(``tokenizer.py``, ``onnx_model.py``, ``postprocess.py``) and imported from there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:  # as hf2triton.backends.fused, or as "<version>.model" inside tritonserver's stub
+    from . import onnx_model, postprocess, tokenizer
+except ImportError:  # imported as a top-level module: the step modules sit beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import onnx_model  # type: ignore[no-redef]
+    import postprocess  # type: ignore[no-redef]
+    import tokenizer  # type: ignore[no-redef]
+
+try:  # only importable inside tritonserver's python stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - exercised outside Triton
+    pb_utils = None
+
+STEP_MODULES = ("tokenizer", "onnx_model", "postprocess")  # copied beside model.py
+EMBEDDING_OUTPUT = "EMBEDDING"  # equal to hf2triton.contract's
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """What the postprocess needs: the task and its settings (pooling, labels)."""
+
+    task: str
+    model_output: str  # the ONNX output the postprocess reads: last_hidden_state or logits
+    pooling: str = "mean"
+    normalize: bool = True
+    labels: tuple[str, ...] = ()
+    multi_label: bool = False
+
+    @classmethod
+    def from_json(cls, text: str) -> "AnswerSettings":
+        raw = json.loads(text)
+        return cls(raw["task"], raw["model_output"], raw.get("pooling", "mean"), bool(raw.get("normalize", True)),
+                   tuple(raw.get("labels", ())), bool(raw.get("multi_label", False)))
+
+    def to_json(self) -> str:
+        return json.dumps({"task": self.task, "model_output": self.model_output, "pooling": self.pooling,
+                           "normalize": self.normalize, "labels": list(self.labels),
+                           "multi_label": self.multi_label})
+
+
+def answer(hidden_or_logits: np.ndarray, mask: np.ndarray, settings: AnswerSettings) -> dict[str, np.ndarray]:
+    """Task outputs for one bucket's rows."""
+    if settings.task == "embeddings":
+        return {EMBEDDING_OUTPUT: postprocess.embed(hidden_or_logits, mask, settings.pooling, settings.normalize)}
+    probs, top = postprocess.classify(hidden_or_logits, list(settings.labels), settings.multi_label)
+    return {postprocess.LABEL_OUTPUT: top.reshape(-1, 1), postprocess.SCORES_OUTPUT: probs}
+
+
+def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,
+              truncated_output: str = "TRUNCATED") -> dict[str, np.ndarray]:
+    """The whole pipeline on ``texts``: one tokenizer call, one ONNX Runtime call per bucket.
+
+    ``encoder`` is a loaded ``tokenizers.Tokenizer``; outputs come back in text order.
+    """
+    encodings = tokenizer.tokenize(encoder, texts, token_settings)
+    by_bucket: dict[int, list[int]] = {}
+    for index, encoding in enumerate(encodings):
+        by_bucket.setdefault(tokenizer.choose_bucket(len(encoding.ids), token_settings.buckets), []).append(index)
+    parts: dict[str, list[np.ndarray]] = {}
+    order: list[int] = []
+    for indices in by_bucket.values():
+        batch = tokenizer.pad_to_bucket([encodings[i] for i in indices], token_settings)
+        (raw,) = session.run([settings.model_output], batch.arrays)
+        outputs = answer(raw, batch.arrays["attention_mask"], settings)
+        outputs[truncated_output] = batch.truncated.reshape(-1, 1)
+        for name, array in outputs.items():
+            parts.setdefault(name, []).append(array)
+        order.extend(indices)
+    if not order:
+        return {}
+    inverse = np.argsort(np.array(order))
+    return {name: np.concatenate(arrays)[inverse] for name, arrays in parts.items()}
+
+
+class TritonPythonModel:
+    """The fused pipeline as a Triton python-backend model."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.token_settings = tokenizer.TokenizerSettings.from_json(params["settings"])
+        self.answer_settings = AnswerSettings.from_json(params["answer"])
+        self.encoder = tokenizer.load_tokenizer(version_dir / "tokenizer.json", self.token_settings.max_length)
+        threads = onnx_model.threads_per_instance(
+            int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)
+        )
+        self.session = onnx_model.create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
+        self.text_input = config["input"][0]["name"]
+        self.truncated_output = params["truncated_output"]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        texts, counts, valid = [], [], []
+        for i, request in enumerate(requests):
+            raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
+            try:
+                decoded = tokenizer.decode_texts(raw, self.token_settings.max_text_bytes)
+            except tokenizer.TextInputError as exc:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                )
+                continue
+            texts.extend(decoded)
+            counts.append(len(decoded))
+            valid.append(i)
+        outputs = run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
+                            self.truncated_output)
+        start = 0
+        for i, count in zip(valid, counts):
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start : start + count]))
+                       for name in self.output_names]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start += count
+        return responses

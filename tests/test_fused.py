@@ -1,0 +1,137 @@
+"""The fused layout: one python model doing tokenize + ONNX Runtime + postprocess, same client contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DEFAULT, TOPICS, TOPICS_FUSED
+from hf2triton.backends import fused, onnx_model, postprocess, tokenizer
+from hf2triton.client import Client
+from hf2triton.errors import RepositoryError
+from hf2triton.parity import PARITY_TEXTS
+from hf2triton.perf.corpus import load_texts
+from hf2triton.perf.sweep import SweepSettings, run_sweep
+from hf2triton.repository import ServingOptions
+from hf2triton.triton_config import parse_pbtxt
+
+TEXTS = list(PARITY_TEXTS)
+
+
+def test_fused_folder_is_self_contained_and_carries_the_contract(repository):
+    root, results = repository
+    layout = results[TOPICS_FUSED].layout
+    assert layout.kind == "fused" and layout.model_dirs == (root / TOPICS_FUSED,)
+    assert not (root / f"{TOPICS_FUSED}_tokenizer").exists()
+    version = root / TOPICS_FUSED / "1"
+    assert {p.name for p in version.iterdir()} >= {"model.py", "tokenizer.py", "onnx_model.py", "postprocess.py",
+                                                    "tokenizer.json", "model.onnx"}
+    fused_config = parse_pbtxt((root / TOPICS_FUSED / "config.pbtxt").read_text())
+    ensemble_config = parse_pbtxt((root / TOPICS / "config.pbtxt").read_text())
+    assert fused_config.backend == "python"
+    assert [(t.name, t.dims) for t in fused_config.input] == [(t.name, t.dims) for t in ensemble_config.input]
+    assert [(t.name, t.dims) for t in fused_config.output] == [(t.name, t.dims) for t in ensemble_config.output]
+    for key, value in ensemble_config.parameters.items():
+        assert fused_config.parameters[key].string_value == value.string_value
+
+
+def test_fused_pipeline_matches_the_ensemble_steps_in_process(repository):
+    """Same code path as the three steps on the default model; bucket grouping changes nothing."""
+    root, results = repository
+    layout = results[DEFAULT].layout
+    step_config = parse_pbtxt((root / f"{DEFAULT}_tokenizer" / "config.pbtxt").read_text())
+    settings = tokenizer.TokenizerSettings.from_json(step_config.parameters["settings"].string_value)
+    encoder = tokenizer.load_tokenizer(root / f"{DEFAULT}_tokenizer" / "1" / "tokenizer.json", settings.max_length)
+    session = onnx_model.create_session(layout.onnx_file)
+    answer = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
+    outputs = fused.run_texts(session, settings, answer, TEXTS, encoder)
+    expected = []
+    for text in TEXTS:  # one text per request, as the ensemble serves it
+        (batch,) = tokenizer.encode_requests(encoder, [[text]], settings)
+        (hidden,) = session.run(["last_hidden_state"], batch.arrays)
+        expected.append(postprocess.embed(hidden, batch.arrays["attention_mask"], "mean", True)[0])
+    assert outputs["EMBEDDING"].shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(outputs["EMBEDDING"], np.stack(expected), atol=1e-5)
+    assert outputs["TRUNCATED"].shape == (len(TEXTS), 1) and outputs["TRUNCATED"].any()
+
+
+def test_model_instances_share_the_cores_unless_threads_are_set():
+    assert onnx_model.threads_per_instance(0, instances=2, cores=2) == 1
+    assert onnx_model.threads_per_instance(0, instances=2, cores=16) == 8
+    assert onnx_model.threads_per_instance(0, instances=4, cores=2) == 1
+    assert onnx_model.threads_per_instance(3, instances=2, cores=2) == 3
+    assert onnx_model.instance_count({"instance_group": [{"count": 2, "kind": "KIND_CPU"}]}) == 2
+
+
+def test_switching_layout_replaces_the_other_layouts_folders(repository, tmp_path):
+    from hf2triton.repository import write_repository
+    from hf2triton.tokenization import tokenizer_settings
+
+    root, results = repository
+    result = results[TOPICS]
+    tokenizer_json = root / f"{TOPICS}_tokenizer" / "1" / "tokenizer.json"
+    settings = tokenizer_settings(tokenizer_json, result.checkpoint, 2000)
+    target = tmp_path / "model_repository"
+
+    manifest = {"checkpoint": {"fingerprint": result.checkpoint.fingerprint}}
+
+    def write(layout: str):  # the same checkpoint again: no --overwrite needed
+        return write_repository(target, "m", result.checkpoint, result.layout.onnx_file, tokenizer_json, settings,
+                                ServingOptions(layout=layout), manifest, {})
+
+    write("ensemble")
+    assert sorted(p.name for p in target.iterdir()) == ["m", "m_model", "m_postprocess", "m_tokenizer"]
+    write("fused")
+    assert sorted(p.name for p in target.iterdir()) == ["m"]
+    assert parse_pbtxt((target / "m" / "config.pbtxt").read_text()).backend == "python"
+    write("ensemble")
+    assert len(list(target.iterdir())) == 4
+    assert parse_pbtxt((target / "m" / "config.pbtxt").read_text()).platform == "ensemble"
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(RepositoryError, match="layout"):
+        ServingOptions(layout="pipeline")
+    with pytest.raises(RepositoryError, match="preferred"):
+        ServingOptions(max_batch_size=8, preferred_batch_sizes=(16,))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_served_fused_model_answers_like_the_ensemble(server, protocol):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with Client(url, protocol=protocol, model=TOPICS) as ensemble, \
+            Client(url, protocol=protocol, model=TOPICS_FUSED) as fused_client:
+        ensemble.wait_for_model(60)
+        info = fused_client.wait_for_model(60)
+        assert (info.task, info.multi_label, info.max_batch_size) == ("sequence-classification", True, 8)
+        texts = [t for t in TEXTS if len(t.encode()) <= 2000]  # the topics model's byte limit
+        expected, got = ensemble.classify(texts), fused_client.classify(texts)  # chunked by 8
+        assert [r.label for r in got] == [r.label for r in expected]
+        assert [r.truncated for r in got] == [r.truncated for r in expected]
+        for a, b in zip(got, expected):
+            assert a.scores == pytest.approx(b.scores, abs=1e-5)
+        assert len(got) == len(texts) > 8
+
+
+@pytest.mark.e2e
+def test_fused_model_rejects_invalid_utf8_like_the_tokenizer_step(server):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    text = grpcclient.InferInput("TEXT", [2, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"fine"], [b"\xff broken"]], dtype=object))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException, match="TEXT\\[1\\] is not valid UTF-8") as caught:
+        client.infer(TOPICS_FUSED, [text])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    client.close()
+
+
+@pytest.mark.e2e
+def test_sweep_of_the_fused_model_reports_its_single_step(server):
+    settings = SweepSettings(model=TOPICS_FUSED, urls={"grpc": server.grpc_url}, concurrencies=(2,),
+                             window_s=0.3, warmup_s=0.1, stable_windows=1, max_windows=1)
+    (point,) = run_sweep(settings, load_texts())
+    assert point.errors == 0 and [s.model for s in point.steps] == [TOPICS_FUSED]
+    assert point.steps[0].requests > 0
