@@ -25,8 +25,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tiny_checkpoint):
     """A tiny BERT classifier exported to fp32 ONNX, with its tokenizer and held-out set."""
+    import torch
+    import transformers
+
     work = tmp_path_factory.mktemp("precision")
-    checkpoint = inspect_checkpoint(tiny_checkpoint("bert"), max_length=64)
+    # Sharper head than the shared tiny model's: labels far from ties, as a trained model's are.
+    sharp = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint("bert"))
+    with torch.no_grad():
+        sharp.classifier.weight.mul_(30.0)
+    sharp.save_pretrained(work / "sharp")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (work / "sharp" / name).write_bytes((tiny_checkpoint("bert") / name).read_bytes())
+    checkpoint = inspect_checkpoint(work / "sharp", max_length=64)
     tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
     settings = tokenizer_settings(tokenizer_json, checkpoint, 65536)
     tokenizer = served_tokenizer(tokenizer_json, settings)
@@ -146,10 +156,13 @@ def run_export(*args):
 
 def test_export_with_variants_writes_side_by_side_ensembles_and_a_report(tmp_path, tiny_checkpoint):
     result = run_export(str(tiny_checkpoint("distilbert")), "-o", str(tmp_path), "-n", "clf",
-                        "--precision", "fp32,fp16,int8", "--calibration-method", "minmax", "--select")
+                        "--precision", "fp32,fp16,int8", "--calibration-method", "minmax", "--select",
+                        "--min-agreement", "0")  # the guard is tested above; here, the machinery
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "clf" / "report.json").read_text())
-    assert set(report["variants"]) == {"fp32", "fp16", "int8_qdq", "int8_dynamic", "int8_dynamic_fused"}
+    built = set(report["variants"]) | set(report["rejected"])
+    assert built == {"fp32", "fp16", "int8_qdq", "int8_dynamic", "int8_dynamic_fused"}
+    assert all(report["variants"][v]["accuracy"]["passed"] for v in set(report["variants"]) - {"fp32"})
     assert len(report["latency_ms"]) == 9 and report["selection"]
     served = report["served"]
     for variant in set(report["variants"]) - {served}:
@@ -163,7 +176,7 @@ def test_onnxruntime_backend_flavour(tmp_path, tiny_checkpoint):
 
     result = run_export(str(tiny_checkpoint("roberta")), "-o", str(tmp_path), "-n", "clf", "--backend",
                         "onnxruntime", "--ort-tensorrt-precision", "FP16", "--precision", "fp32,int8",
-                        "--calibration-method", "minmax", "--no-benchmark")
+                        "--calibration-method", "minmax", "--no-benchmark", "--min-agreement", "0")
     assert result.returncode == 0, result.stderr
     config = parse_pbtxt((tmp_path / "clf_model" / "config.pbtxt").read_text())
     assert config.platform == "onnxruntime_onnx" and config.default_model_filename == "model.onnx"
@@ -229,3 +242,13 @@ def test_adapter_with_missing_base_is_a_clear_error(tmp_path, tiny_checkpoint):
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="not a local checkpoint folder; hf2triton never downloads"):
         export_checkpoint(ExportOptions(checkpoint=adapter, output_dir=tmp_path / "repo"))
+
+
+def test_variants_the_guard_rejects_are_reported_not_served(tmp_path, tiny_checkpoint):
+    result = run_export(str(tiny_checkpoint("electra")), "-o", str(tmp_path), "-n", "clf", "--precision",
+                        "fp32,int8", "--calibration-method", "minmax", "--min-agreement", "1.01")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "clf" / "report.json").read_text())
+    assert set(report["rejected"]) == {"int8_qdq", "int8_dynamic", "int8_dynamic_fused"}
+    assert report["served"] == "fp32" and list(report["variants"]) == ["fp32"]
+    assert not list(tmp_path.glob("clf_int8*")) and "not served" in result.stdout

@@ -149,7 +149,7 @@ def print_variants(result) -> None:
     """A readable table of the precision variants: accuracy, size, speed vs fp32."""
     from hf2triton.variants import throughput_ratio
 
-    if len(result.variants) < 2:
+    if len(result.variants) + len(result.rejected) < 2:
         return
     print(f"{'variant':<27} {'accuracy vs fp32':<44} {'MB':>7} {'x fp32 (b32)':>13}  runs on")
     for variant in result.variants:
@@ -160,6 +160,8 @@ def print_variants(result) -> None:
               f"{variant.report()['runs_on']}")
         if variant.fp32_nodes:
             print(f"{'':<27} {len(variant.fp32_nodes)} nodes kept in fp32: {', '.join(variant.fp32_nodes)}")
+    for name, why in result.rejected:
+        print(f"{name:<27} not served: {why}")
     for note in result.notes:
         print(f"  select: {note}")
     print(f"  report: {result.layout.ensemble_dir / 'report.json'}")

@@ -57,9 +57,15 @@ def guarded_fp16(
     with tempfile.TemporaryDirectory(prefix="hf2triton-fp16-") as tmp:
         while not accuracy.passed and candidates:
             trials = {}
-            for op in candidates:
+            for op in list(candidates):
                 trial = convert(fp32_onnx, Path(tmp) / f"{op}.onnx", (*blocked, op))
-                trials[op] = measure(trial, evaluation, checkpoint, min_cosine, min_agreement)
+                try:
+                    trials[op] = measure(trial, evaluation, checkpoint, min_cosine, min_agreement)
+                except Exception as exc:  # the converter can emit graphs ORT rejects for some blocks
+                    log.info("fp16 with %s in fp32 is not a valid graph (%s); skipped", op, str(exc)[:120])
+                    candidates.remove(op)
+            if not trials:
+                break
             best = max(trials, key=lambda op: trials[op].value)
             blocked, accuracy = (*blocked, best), trials[best]
             candidates.remove(best)

@@ -69,6 +69,7 @@ class ExportResult:
     parity: ParityReport
     seconds: dict[str, float]
     variants: tuple[Variant, ...] = ()
+    rejected: tuple[tuple[str, str], ...] = ()  # variants the accuracy guard refused, and why
     served: str = "fp32"
     grid: tuple[GridCell, ...] = ()
     notes: tuple[str, ...] = ()
@@ -150,8 +151,8 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         seconds["parity"] = time.perf_counter() - mark
         require_parity(report, options.allow_parity_failure)
         mark = time.perf_counter()
-        variants = build_variants(onnx_file, work, checkpoint, served_tokenizer(tokenizer_json, settings),
-                                  settings, options.variants)
+        variants, rejected = build_variants(onnx_file, work, checkpoint,
+                                            served_tokenizer(tokenizer_json, settings), settings, options.variants)
         seconds["variants"] = time.perf_counter() - mark
         grid, notes, served = measure_and_select(variants, settings, options.variants)
         plans = build_engines(variants, work, checkpoint, settings, options) if options.engines else {}
@@ -159,7 +160,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         extra = {v.name: v.path for v in variants if v.name != served.name}
         reports = {
             "parity": asdict(report),
-            "report": variant_report(variants, served, grid, notes, plans),
+            "report": variant_report(variants, rejected, served, grid, notes, plans),
         }
         layout = write_repository(
             options.output_dir,
@@ -178,7 +179,8 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         )
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
-    return ExportResult(layout, checkpoint, report, seconds, tuple(variants), served.name, tuple(grid), tuple(notes))
+    return ExportResult(layout, checkpoint, report, seconds, tuple(variants), tuple(rejected.items()), served.name,
+                        tuple(grid), tuple(notes))
 
 
 def measure_and_select(
@@ -217,11 +219,14 @@ def build_engines(variants: list[Variant], work: Path, checkpoint: Checkpoint, s
     return {info.compute_capability: spec.plan_file}
 
 
-def variant_report(variants: list[Variant], served: Variant, grid: list[GridCell], notes: list[str], plans) -> dict:
+def variant_report(
+    variants: list[Variant], rejected: dict[str, str], served: Variant, grid: list[GridCell], notes: list[str], plans
+) -> dict:
     return {
         "served": served.name,
         "selection": notes,
         "variants": {v.name: v.report() for v in variants},
+        "rejected": rejected,
         "latency_ms": [asdict(cell) for cell in grid],
         "engines": {cc: str(path.name) for cc, path in plans.items()},
     }

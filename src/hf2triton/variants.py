@@ -96,36 +96,52 @@ def calibration_texts(options: VariantOptions) -> list[str]:
 def build_variants(
     fp32_onnx: Path, work: Path, checkpoint: Checkpoint, tokenizer, settings: TokenizerSettings,
     options: VariantOptions,
-) -> list[Variant]:
-    """fp32 first, then each requested lower precision, each guarded against fp32."""
+) -> tuple[list[Variant], dict[str, str]]:
+    """fp32 first, then each requested lower precision, each guarded against fp32.
+
+    A variant the guard rejects is not served: it is returned in the second value
+    (name → why) for the report, and the export goes on with the others.
+    """
     variants = [Variant("fp32", fp32_onnx, None, fp32_onnx.stat().st_size)]
+    rejected: dict[str, str] = {}
     if options.precisions == ("fp32",):
-        return variants
+        return variants, rejected
     evaluation = evaluation_set(fp32_onnx, checkpoint, tokenizer, settings, packaged_texts("heldout"))
     if "fp16" in options.precisions:
-        half = guarded_fp16(fp32_onnx, work / "model.fp16.onnx", checkpoint, evaluation,
-                            min_agreement=options.min_agreement)
-        variants.append(Variant("fp16", half.path, half.accuracy, half.path.stat().st_size,
-                                fp32_op_types=half.fp32_op_types))
+        try:
+            half = guarded_fp16(fp32_onnx, work / "model.fp16.onnx", checkpoint, evaluation,
+                                min_agreement=options.min_agreement)
+            variants.append(Variant("fp16", half.path, half.accuracy, half.path.stat().st_size,
+                                    fp32_op_types=half.fp32_op_types))
+        except ExportError as exc:
+            rejected["fp16"] = str(exc)
     if "int8" in options.precisions:
         texts = calibration_texts(options)
         feeds = (unpadded_feeds(tokenizer, texts, settings) if options.calibration_method == "minmax"
                  else packed_feeds(tokenizer, texts, settings))
-        qdq = guarded_qdq(fp32_onnx, work / "model.int8_qdq.onnx", checkpoint, feeds, evaluation,
-                          method=options.calibration_method, min_cosine=options.min_cosine,
-                          min_agreement=options.min_agreement)
-        variants.append(Variant("int8_qdq", qdq.path, qdq.accuracy, qdq.path.stat().st_size,
-                                fp32_nodes=qdq.fp32_nodes,
-                                guard_steps=tuple((s.excluded, s.accuracy.value) for s in qdq.steps)))
+        try:
+            qdq = guarded_qdq(fp32_onnx, work / "model.int8_qdq.onnx", checkpoint, feeds, evaluation,
+                              method=options.calibration_method, min_cosine=options.min_cosine,
+                              min_agreement=options.min_agreement)
+            variants.append(Variant("int8_qdq", qdq.path, qdq.accuracy, qdq.path.stat().st_size,
+                                    fp32_nodes=qdq.fp32_nodes,
+                                    guard_steps=tuple((s.excluded, s.accuracy.value) for s in qdq.steps)))
+        except ExportError as exc:
+            rejected["int8_qdq"] = str(exc)
         for fused in (False, True):
             name = "int8_dynamic_fused" if fused else "int8_dynamic"
             path = dynamic_int8(fp32_onnx, work / f"model.{name}.onnx", fused=fused,
                                 heads=checkpoint.attention_heads, hidden=checkpoint.hidden_size)
             accuracy = measure(path, evaluation, checkpoint, options.min_cosine, options.min_agreement)
-            variants.append(Variant(name, path, accuracy, path.stat().st_size))
+            if accuracy.passed:
+                variants.append(Variant(name, path, accuracy, path.stat().st_size))
+            else:
+                rejected[name] = f"misses the accuracy guard: {accuracy.summary()}"
     for variant in variants[1:]:
         log.info("%s: %s", variant.name, variant.accuracy.summary())
-    return variants
+    for name, why in rejected.items():
+        log.warning("%s is not served: %s", name, why)
+    return variants, rejected
 
 
 # ------------------------------------------------------------------ throughput, side by side
