@@ -83,6 +83,9 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the same variable docker-compose.yml reads
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
                         help="repository to serve (default: %(default)s)")
@@ -92,6 +95,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-file", type=Path,
                         help="file the server log is streamed to (default: a new /tmp/tritonserver-*.log, printed at start)")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbosity level")
+    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                        help="poll: pick up new model versions from the repository; explicit: load/unload "
+                        "through the (restricted) repository API (default: %(default)s)")
+    parser.add_argument("--repository-poll-secs", type=int, help="poll interval with --model-control-mode poll")
+    parser.add_argument("--admin-key-env", default=ADMIN_KEY_ENV, metavar="VAR",
+                        help="when this environment variable is set, model control and the repository, "
+                        "shared-memory, trace and logging APIs need its value in the header 'admin-key' "
+                        "(default: %(default)s)")
 
 
 def server_config(args: argparse.Namespace):
@@ -104,6 +115,10 @@ def server_config(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         log_file=args.log_file,
         log_verbose=args.log_verbose,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=("*",) if args.model_control_mode == "explicit" else (),
+        restricted_api_key=os.environ.get(args.admin_key_env) or None,
     )
 
 

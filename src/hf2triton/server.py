@@ -64,7 +64,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Callable
@@ -86,6 +86,12 @@ logger = logging.getLogger(__name__)
 PYTRITON_DISTRIBUTION = "nvidia-pytriton"
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+# The APIs a restricted server guards with a key header (names as ``tritonserver --help`` lists
+# them). Model control (load/unload) is the ``model-repository`` API. Health, metadata,
+# model-config, statistics and inference stay open: clients read the model config.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+RESTRICTED_KEY_HEADER = "admin-key"  # HTTP header; gRPC metadata adds GRPC_RESTRICTED_PREFIX
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"  # what tritonserver expects in front of the gRPC key
 LOG_TAIL_LINES = 40
 _POLL_INTERVAL_S = 0.1
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub")
@@ -293,12 +299,15 @@ class ServerConfig:
     repository_poll_secs: int | None = None
     load_models: tuple[str, ...] = ()
     exit_timeout_s: int = 10
+    restricted_api_key: str | None = field(default=None, repr=False)  # when set, RESTRICTED_APIS need header RESTRICTED_KEY_HEADER
+    metrics_config: tuple[str, ...] = ()  # e.g. ("summary_latencies=true",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository))
         if self.log_file is not None:
             object.__setattr__(self, "log_file", Path(self.log_file))
         object.__setattr__(self, "load_models", tuple(self.load_models))
+        object.__setattr__(self, "metrics_config", tuple(self.metrics_config))
         problems: list[str] = []
         if self.model_control_mode not in MODEL_CONTROL_MODES:
             problems.append(
@@ -327,6 +336,8 @@ class ServerConfig:
                 problems.append("load_models='*' (every model) must be the only entry")
         if not self.host:
             problems.append("host must not be empty")
+        if self.restricted_api_key is not None and not _valid_key(self.restricted_api_key):
+            problems.append("restricted_api_key must be 8 or more letters, digits, '-' or '_'")
         if problems:
             raise ValueError("invalid ServerConfig: " + "; ".join(problems))
 
@@ -375,7 +386,31 @@ class ServerConfig:
             ("metrics-address", self.host),
             ("metrics-port", self.metrics_port),
         ]
+        args.extend(("metrics-config", setting) for setting in self.metrics_config)
+        if self.restricted_api_key is not None:
+            restriction = f"{','.join(RESTRICTED_APIS)}:{RESTRICTED_KEY_HEADER}={self.restricted_api_key}"
+            args += [("http-restricted-api", restriction), ("grpc-restricted-protocol", restriction)]
         return [f"--{key}={value}" for key, value in args]
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """The header a request to a restricted API needs (empty when nothing is restricted).
+
+        Over gRPC tritonserver expects the key under ``triton-grpc-protocol-<header>``.
+        """
+        if not self.restricted_api_key:
+            return {}
+        prefix = GRPC_RESTRICTED_PREFIX if protocol == "grpc" else ""
+        return {prefix + RESTRICTED_KEY_HEADER: self.restricted_api_key}
+
+
+def _valid_key(key: str) -> bool:
+    return len(key) >= 8 and all(c.isalnum() or c in "-_" for c in key)
+
+
+def redact_argv(argv: list[str], secret: str | None) -> str:
+    """``argv`` as one line with ``secret`` replaced, fit for a log."""
+    line = " ".join(argv)
+    return line.replace(secret, "***") if secret else line
 
 
 # --------------------------------------------------------------------------- the process
@@ -418,8 +453,10 @@ def _load_errors(path: Path, limit: int = 10) -> list[str]:
     return found
 
 
-def _http_get(url: str, timeout_s: float = 2.0, method: str = "GET") -> tuple[int, bytes]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+def _http_get(
+    url: str, timeout_s: float = 2.0, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (local URL)
             return int(response.status), response.read()
@@ -535,7 +572,7 @@ class LocalTritonServer:
         self._log_path = self._open_log()
         if _client_host(self._config.host) != "127.0.0.1":
             logger.warning("tritonserver binds to %s: it is reachable beyond this machine", self._config.host)
-        logger.info("starting tritonserver: %s", " ".join(argv))
+        logger.info("starting tritonserver: %s", redact_argv(argv, self._config.restricted_api_key))
         logger.debug("tritonserver log: %s", self._log_path)
         self._process = subprocess.Popen(  # noqa: S603 (fixed binary, rendered flags)
             argv,
@@ -672,7 +709,12 @@ def _reap_group(pgid: int, grace_s: float = 2.0) -> None:
 
 def repository_index(server: LocalTritonServer, timeout_s: float = 5.0) -> list[dict[str, str]]:
     """The server's model repository index (name, version, state, reason) via HTTP."""
-    status, body = _http_get(f"{server.http_base_url}/v2/repository/index", timeout_s=timeout_s, method="POST")
+    status, body = _http_get(
+        f"{server.http_base_url}/v2/repository/index",
+        timeout_s=timeout_s,
+        method="POST",
+        headers=server.config.admin_headers(),
+    )
     if status != 200:
         raise ServerError(f"the repository index request failed with HTTP {status}: {body[:200]!r}")
     entries = json.loads(body)
@@ -743,5 +785,7 @@ def _log_endpoints(server: LocalTritonServer) -> None:
     for model in models:
         if model.get("state") != "READY":
             logger.info("model %s: %s %s", model.get("name"), model.get("state", "unknown"), model.get("reason", ""))
+    if server.config.restricted_api_key:
+        logger.info("restricted APIs (%s) need the header '%s'", ", ".join(RESTRICTED_APIS), RESTRICTED_KEY_HEADER)
     logger.info("server log: %s", server.log_path)
     logger.info("tritonserver pid %d is ready; press Ctrl-C to stop", server.pid)
