@@ -45,9 +45,26 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the repository even when the parity check fails (it still reports)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different model already in the output under the same name")
+    parser.add_argument("--version", type=int, help="model version to write (default: 1 for a new model; "
+                        "the next version when NAME holds another checkpoint with the same interface; "
+                        "the same version when it holds this checkpoint)")
+    parser.add_argument("--version-policy", type=version_policy, default="latest:1", metavar="POLICY",
+                        help="versions Triton serves: latest:N, specific:V[,V...] or all (default: %(default)s)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="no model_warmup samples (one per sequence bucket) in the step configs")
     parser.add_argument("--model-instances", type=int, default=1, help="ONNX Runtime step instances")
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="ONNX Runtime threads per model instance (0: one per core)")
+
+
+def version_policy(text: str):
+    from hf2triton.errors import RepositoryError
+    from hf2triton.triton_config import VersionPolicy
+
+    try:
+        return VersionPolicy.parse(text)
+    except RepositoryError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -58,6 +75,8 @@ def run_export(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         model_instances=args.model_instances,
         intra_op_threads=args.intra_op_threads,
+        version_policy=args.version_policy,
+        warmup=args.warmup,
     )
     result = export_checkpoint(
         ExportOptions(
@@ -70,13 +89,14 @@ def run_export(args: argparse.Namespace) -> int:
             opset=args.opset,
             atol=args.atol,
             overwrite=args.overwrite,
+            version=args.version,
             allow_parity_failure=args.allow_parity_failure,
             serving=serving,
         )
     )
     layout = result.layout
     print(f"{result.parity.summary()}")
-    print(f"wrote ensemble '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
+    print(f"wrote version {layout.version} of ensemble '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
           f"in {result.seconds['total']:.1f} s")
     print(f"  report: {layout.ensemble_dir / 'parity.json'}")
     print(f"  serve it: hf2triton serve --model-repository {layout.root}")
@@ -191,6 +211,32 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def pinned_release(repository_root: Path = Path(".")) -> str | None:
+    """TRITON_VERSION from the environment, the NGC container's own variable, or ./.env."""
+    for variable in ("TRITON_VERSION", "NVIDIA_TRITON_SERVER_VERSION", "NVIDIA_TENSORRT_VERSION"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    env_file = repository_root / ".env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "TRITON_VERSION" and value.strip():
+                return value.strip()
+    return None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hf2triton.compat import check_repository, detect_environment, find_plans
+
+    if args.model_repository.is_dir() and not find_plans(args.model_repository):
+        print(f"no TensorRT plans in {args.model_repository}: nothing to check")
+        return 0
+    release = args.release or pinned_release()
+    environment = None if args.offline else detect_environment()
+    print(check_repository(args.model_repository, environment, release).summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf2triton", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -209,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("texts", nargs="*", help="texts (default: one per line from stdin)")
     add_client_arguments(infer)
     infer.set_defaults(run=run_infer)
+
+    check = commands.add_parser("check", help="refuse TensorRT plans built for another TensorRT, GPU or release",
+                                description="Compare the TensorRT version and GPU compute capability recorded "
+                                "next to each plan (<plan>.json) with this machine and the pinned release.")
+    check.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    check.add_argument("--release", help="pinned Triton release, e.g. 25.01 (default: $TRITON_VERSION, the "
+                       "container's release, or TRITON_VERSION in ./.env)")
+    check.add_argument("--offline", action="store_true",
+                       help="no GPU/TensorRT here: check the plans against the pinned release only")
+    check.set_defaults(run=run_check)
 
     demo = commands.add_parser("demo", help="start the local server, answer a request, stop")
     demo.add_argument("texts", nargs="*", help="texts to send (default: two examples)")

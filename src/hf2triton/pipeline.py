@@ -40,6 +40,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     atol: float = 1e-4
     overwrite: bool = False
+    version: int | None = None  # None: a new model gets 1, another checkpoint the next version
     allow_parity_failure: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
 
@@ -48,6 +49,8 @@ class ExportOptions:
             raise CheckpointError(
                 f"model name {self.name!r} is invalid: use letters, digits, '_' and '-' (at most 64)"
             )
+        if self.version is not None and self.version < 1:
+            raise CheckpointError(f"--version must be 1 or more, got {self.version}")
         if self.max_text_bytes < 1:
             raise CheckpointError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
 
@@ -98,7 +101,7 @@ def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, se
         "multi_label": checkpoint.multi_label,
         "pooling": asdict(checkpoint.pooling),
         "opset": options.opset,
-        "serving": asdict(options.serving),
+        "serving": {**asdict(options.serving), "version_policy": str(options.serving.version_policy)},
         "versions": versions(),
     }
 
@@ -139,6 +142,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             build_manifest(name, checkpoint, options, settings),
             {"parity": asdict(report)},
             overwrite=options.overwrite,
+            version=options.version,
         )
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
