@@ -40,6 +40,7 @@ class Load:
     clients: int = 4
     max_batch: int = 4
     seed: int = 0
+    backoff_s: float = 0.05  # pause after a failed request, as a real client would
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,7 @@ class Load:
                                       tuple(answer_vector(r) for r in results))
                 except ClientError as error:
                     outcome = Outcome(start, time.monotonic() - start, protocol, picked, error=str(error))
+                    self._stop.wait(self.backoff_s)
                 with self._lock:
                     self.outcomes.append(outcome)
 

@@ -148,7 +148,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.model_repository.is_dir():
         raise Hf2TritonError(f"model repository {args.model_repository} does not exist; "
                              "run `python build/export.py` first")
-    return serve(server_config(args))
+    return serve(server_config(args), health_watch=args.health_watch)
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the bundled CPU tritonserver on 127.0.0.1 until Ctrl-C")
     add_server_arguments(serve)
+    serve.add_argument("--no-health-watch", dest="health_watch", action="store_false",
+                       help="do not restart the server when a python-backend stub process dies")
     serve.set_defaults(run=run_serve)
 
     infer = commands.add_parser("infer", help="send texts to a running server and print the answers")

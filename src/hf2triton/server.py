@@ -74,11 +74,15 @@ from hf2triton.errors import MissingDependencyError, ServerError
 __all__ = [
     "LocalTritonServer",
     "ServerConfig",
+    "StubWatch",
     "TritonDistribution",
     "find_bundled_tritonserver",
     "free_port",
     "prepare_backend_directory",
+    "python_stubs",
+    "restart_if_stubs_died",
     "serve",
+    "watch_and_restart",
 ]
 
 logger = logging.getLogger(__name__)
@@ -481,6 +485,7 @@ class LocalTritonServer:
         self._log_handle: IO[bytes] | None = None
         self._log_path: Path | None = config.log_file
         self._lock = threading.Lock()
+        self._restarts = 0
 
     # -- addresses
     @property
@@ -606,7 +611,7 @@ class LocalTritonServer:
         if self._requested.log_file is not None:
             path = self._requested.log_file
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_handle = path.open("wb")
+            self._log_handle = path.open("ab" if self._restarts else "wb")  # a restart keeps the first run's log
         else:
             handle = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)  # noqa: SIM115
             path = Path(handle.name)
@@ -643,7 +648,19 @@ class LocalTritonServer:
         parts.append(f"Full server log: {path}")
         return "\n".join(parts)
 
-    def stop(self, timeout_s: float = 15) -> None:
+    def restart(self, ready_timeout_s: float = 120, drain_s: float = 1.0) -> LocalTritonServer:
+        """Stop (SIGINT, then after ``drain_s`` SIGKILL) and start again on the same ports."""
+        self.stop(timeout_s=drain_s, term_timeout_s=0.5)
+        self._requested = self._config  # ports resolved at the first start: clients keep their addresses
+        self._restarts += 1
+        return self.start(ready_timeout_s)
+
+    @property
+    def restarts(self) -> int:
+        """How many times :meth:`restart` ran."""
+        return self._restarts
+
+    def stop(self, timeout_s: float = 15, term_timeout_s: float = 5.0) -> None:
         """Stop the server: SIGINT, wait ``timeout_s``, then SIGTERM, then SIGKILL. Idempotent."""
         with self._lock:
             process = self._process
@@ -651,7 +668,7 @@ class LocalTritonServer:
                 return  # never started, or already stopped and cleaned up
             if process.poll() is None:
                 logger.info("stopping tritonserver (pid %d)", process.pid)
-                for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, term_timeout_s), (signal.SIGKILL, 5.0)):
                     if sig == signal.SIGINT:
                         with contextlib.suppress(ProcessLookupError):
                             process.send_signal(sig)
@@ -704,6 +721,107 @@ def _reap_group(pgid: int, grace_s: float = 2.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+# --------------------------------------------------------------------------- health watch
+
+
+@dataclass(frozen=True)
+class StubProcess:
+    """A python-backend stub: the process that runs one instance of a python model."""
+
+    pid: int
+    model: str
+    version: str
+    instance: str  # e.g. NAME_model_0_0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.model, self.version, self.instance
+
+
+def python_stubs(server_pid: int) -> list[StubProcess]:
+    """The live python-backend stubs of the tritonserver ``server_pid`` (from /proc).
+
+    A stub's argv is: binary, ``<repository>/<model>/<version>/model.py``, shm region,
+    two sizes, the server's pid, the backend folder, an IPC id, the instance name, ...
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if len(argv) > 8 and argv[0].endswith("triton_python_backend_stub") and argv[5] == str(server_pid):
+            model_py = Path(argv[1])
+            found.append(StubProcess(int(entry.name), model_py.parent.parent.name, model_py.parent.name, argv[8]))
+    return found
+
+
+class StubWatch:
+    """Finds python-backend stubs that died while their model version is still loaded.
+
+    Triton 2.51 does not restart such a stub: every request to that model then fails with
+    "Stub process '...' is not healthy" while the server still reports ready (measured).
+    A stub counts as dead once it has been missing in two consecutive checks while the
+    repository index still lists its model version READY; stubs of versions that were
+    unloaded (hot reload) or reloaded under the same name (a new pid) do not count.
+    """
+
+    def __init__(self, server: LocalTritonServer) -> None:
+        self._server = server
+        self._known: set[tuple[str, str, str]] = set()
+        self._missing: set[tuple[str, str, str]] = set()
+
+    def check(self) -> list[str]:
+        """Names (``model`` version ``v`` instance ``i``) of stubs confirmed dead since the last check."""
+        pid = self._server.pid
+        if pid is None:
+            return []
+        current = {stub.key for stub in python_stubs(pid)}
+        try:
+            ready = {(m["name"], m.get("version", "")) for m in repository_index(self._server) if m.get("state") == "READY"}
+        except (ServerError, OSError, ValueError):
+            return []  # the server is busy or going down; look again next time
+        missing = {key for key in self._known - current if key[:2] in ready}
+        dead = missing & self._missing
+        self._missing = missing - dead
+        self._known = current | self._missing
+        return [f"{model} version {version} instance {instance}" for model, version, instance in sorted(dead)]
+
+    def reset(self) -> None:
+        """Forget what was seen (after a restart the stubs are new)."""
+        self._known, self._missing = set(), set()
+
+
+def restart_if_stubs_died(server: LocalTritonServer, watch: StubWatch) -> list[str]:
+    """One health check: when stubs died, restart the server on the same ports and say so.
+
+    Returns the dead stubs (empty when all is well).
+    """
+    dead = watch.check()
+    if dead:
+        logger.error(
+            "python-backend stub(s) died: %s. Triton does not restart them (every request to that model "
+            "fails while the server still reports ready), so hf2triton restarts tritonserver on the same ports",
+            ", ".join(dead),
+        )
+        started = time.monotonic()
+        server.restart()
+        watch.reset()
+        logger.warning("tritonserver restarted: ready again after %.1f s", time.monotonic() - started)
+    return dead
+
+
+def watch_and_restart(server: LocalTritonServer, stop: threading.Event, interval_s: float = 1.0) -> int:
+    """Health-watch ``server`` every ``interval_s`` until ``stop`` is set; return the number of restarts."""
+    watch, restarts = StubWatch(server), 0
+    while not stop.wait(interval_s):
+        if server.is_running() and restart_if_stubs_died(server, watch):
+            restarts += 1
+    return restarts
+
+
 # --------------------------------------------------------------------------- blocking entry point
 
 
@@ -721,12 +839,13 @@ def repository_index(server: LocalTritonServer, timeout_s: float = 5.0) -> list[
     return [{k: str(v) for k, v in entry.items()} for entry in entries]
 
 
-def serve(config: ServerConfig, ready_timeout_s: float = 120) -> int:
+def serve(config: ServerConfig, ready_timeout_s: float = 120, health_watch: bool = True) -> int:
     """Run the server until SIGINT or SIGTERM (Ctrl-C); return an exit status.
 
     Logs the endpoints, the READY models and the log path once ready. Returns 0 after a
     requested shutdown, or the server's own (non-zero) status if it died by itself.
-    Raises ServerError when the server does not become ready.
+    With ``health_watch``, a python-backend stub that dies makes it restart the server
+    (see :class:`StubWatch`). Raises ServerError when the server does not become ready.
     """
     stop_requested = threading.Event()
     server = LocalTritonServer(config)
@@ -750,7 +869,8 @@ def serve(config: ServerConfig, ready_timeout_s: float = 120) -> int:
         server.start(ready_timeout_s)
         starting.clear()
         _log_endpoints(server)
-        while not stop_requested.wait(0.5):
+        watch = StubWatch(server) if health_watch else None
+        while not stop_requested.wait(1.0):
             code = server.returncode
             if code is not None:
                 logger.error(
@@ -760,6 +880,8 @@ def serve(config: ServerConfig, ready_timeout_s: float = 120) -> int:
                     _read_tail(server.log_path).rstrip(),
                 )
                 return 128 - code if code < 0 else (code or 1)  # killed by signal N: 128 + N, as shells do
+            if watch is not None and restart_if_stubs_died(server, watch):
+                _log_endpoints(server)
         return 0
     except KeyboardInterrupt:
         logger.info("start-up interrupted")
