@@ -123,3 +123,20 @@ def test_restricted_local_server_refuses_without_key(tmp_path: Path):
             client.load_model("echo")
         client.load_model("echo", headers=config.admin_headers("grpc"))
         assert client.is_model_ready("echo")
+
+
+def test_dashboard_and_autoscaler_metrics_exist_on_a_real_server(server):
+    """Every Triton metric the Grafana dashboard and the HPA rule query is served (GPU ones aside)."""
+    from conftest import TOPICS
+    from hf2triton.client import Client
+    from test_deploy_static import dashboard_metric_names
+    from deploy_files import load_k8s
+
+    with Client(server.grpc_url, model=TOPICS) as client:
+        client.infer(["warm the counters"])
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        served = {line.split("{")[0].split(" ")[0] for line in response.read().decode().splitlines()
+                  if line and not line.startswith("#")}
+    adapter = next(doc for _, doc in load_k8s() if doc["kind"] == "ConfigMap")["data"]["config.yaml"]
+    wanted = dashboard_metric_names() | set(re.findall(r"\bnv_[a-z_]+", adapter))
+    assert wanted - served == {"nv_gpu_utilization", "nv_gpu_memory_used_bytes"}  # no GPU here
