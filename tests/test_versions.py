@@ -110,13 +110,33 @@ def test_repository_is_not_world_writable_and_has_no_links(retrained, tmp_path):
         assert not path.stat().st_mode & (stat.S_IWOTH | stat.S_IWGRP), f"{path} is group/world-writable"
 
 
+ADMIN_KEY = "versions-test-key"
+MODE_SETTINGS = {
+    "poll": dict(model_control_mode="poll", repository_poll_secs=1),
+    # as docker-compose.yml runs it: the operator loads the new version through the restricted API
+    "explicit": dict(model_control_mode="explicit", load_models=("*",), restricted_api_key=ADMIN_KEY),
+}
+
+
+def load_through_api(server, config: ServerConfig) -> None:
+    """What an operator does in explicit mode: load the steps, then the ensemble (README)."""
+    import urllib.request
+
+    for model in (f"{NAME}_tokenizer", f"{NAME}_model", f"{NAME}_postprocess", NAME):
+        request = urllib.request.Request(f"{server.http_base_url}/v2/repository/models/{model}/load", data=b"",
+                                         method="POST", headers=config.admin_headers())
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+
+
 @pytest.mark.e2e
-def test_live_server_switches_versions_under_load_without_failures(retrained, tmp_path):
+@pytest.mark.parametrize("mode", sorted(MODE_SETTINGS))
+def test_live_server_switches_versions_under_load_without_failures(retrained, tmp_path, mode):
     first, second = retrained
     root = tmp_path / "repo"
     export(first, root)
-    server_config = ServerConfig(root, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="poll",
-                                 repository_poll_secs=1, log_file=tmp_path / "tritonserver.log")
+    server_config = ServerConfig(root, http_port=0, grpc_port=0, metrics_port=0,
+                                 log_file=tmp_path / "tritonserver.log", **MODE_SETTINGS[mode])
     with LocalTritonServer(server_config) as server:
         urls = {"grpc": server.grpc_url, "http": server.http_url}
         v1 = single_answers(server.grpc_url, "grpc", NAME, TEXTS)
@@ -124,6 +144,8 @@ def test_live_server_switches_versions_under_load_without_failures(retrained, tm
             time.sleep(1.0)
             assert export(second, root) == 2
             written = time.monotonic()
+            if mode == "explicit":
+                load_through_api(server, server_config)
             deadline = written + 60
             while versions_ready(server) != {"2"}:
                 assert time.monotonic() < deadline, f"version 2 was not served alone within 60 s: {repository_index(server)}"
@@ -143,7 +165,7 @@ def test_live_server_switches_versions_under_load_without_failures(retrained, tm
         assert all(np.allclose(a, v1[i], atol=1e-4) for i, a in zip(outcome.texts, outcome.answers))
     for outcome in after:
         assert all(np.allclose(a, v2[i], atol=1e-4) for i, a in zip(outcome.texts, outcome.answers))
-    print(f"\nhot reload: {len(load.outcomes)} requests ({load.texts_answered()} texts) from 4 clients, "
+    print(f"\nhot reload ({mode}): {len(load.outcomes)} requests ({load.texts_answered()} texts) from 4 clients, "
           f"0 failed; version 2 served alone {switched - written:.1f} s after the export finished")
 
 
