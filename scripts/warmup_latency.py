@@ -69,8 +69,8 @@ def main() -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    tokenizer_config = parse_pbtxt((args.repository / f"{args.model}_model" / "config.pbtxt").read_text())
-    buckets = [int(w.name.split("_")[1]) for w in tokenizer_config.model_warmup if w.name.startswith("bucket_")]
+    model_config = parse_pbtxt((args.repository / f"{args.model}_model" / "config.pbtxt").read_text())
+    buckets = [int(w.name.split("_")[1]) for w in model_config.model_warmup if w.name.startswith("bucket_")]
     if not buckets:
         print(f"{args.model}_model has no model_warmup samples: export without --no-warmup", file=sys.stderr)
         return 2

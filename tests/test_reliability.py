@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import SENTIMENT, TOPICS
 from hf2triton.parity import PARITY_TEXTS
 from hf2triton.pipeline import ExportOptions, export_checkpoint
-from hf2triton.server import LocalTritonServer, ServerConfig, python_stubs, watch_and_restart
+from hf2triton.server import free_port
 from load import Load, single_answers
 
 pytestmark = pytest.mark.e2e
@@ -73,50 +75,75 @@ def small_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     return root
 
 
-def test_killed_stub_is_detected_and_the_server_restarted(small_repository, tmp_path, caplog):
-    caplog.set_level("INFO", logger="hf2triton.server")
-    texts = ["good", "a terrible, boring film", "fine " * 30]
-    config = ServerConfig(small_repository, http_port=0, grpc_port=0, metrics_port=0,
-                          log_file=tmp_path / "tritonserver.log")
-    stop = threading.Event()
-    with LocalTritonServer(config) as server:
-        reference = single_answers(server.grpc_url, "grpc", "clf", texts)
-        restarts: list[int] = []
-        watcher = threading.Thread(target=lambda: restarts.append(watch_and_restart(server, stop, 0.5)))
-        watcher.start()
+def stubs_under(repository: Path, model: str) -> list[int]:
+    """Pids of python-backend stubs running ``repository/model``."""
+    prefix = str(repository / model) + "/"
+    pids = []
+    for entry in Path("/proc").iterdir():
         try:
-            with Load(urls(server), "clf", texts, clients=4) as load:
-                time.sleep(1.5)
-                victims = [s for s in python_stubs(server.pid) if s.model == "clf_model"]
-                assert victims, "no model-step stub found"
-                killed_at = time.monotonic()
-                for stub in victims:
-                    os.kill(stub.pid, signal.SIGKILL)
-                deadline = killed_at + 60
-                while not recovered(load, killed_at):
-                    assert time.monotonic() < deadline, "the server did not recover within 60 s"
-                    time.sleep(0.2)
-                time.sleep(1.0)
-            after = single_answers(server.grpc_url, "grpc", "clf", texts)
-        finally:
-            stop.set()
-            watcher.join(timeout=60)
-    assert restarts == [1]
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub") and argv[1].decode().startswith(prefix):
+            pids.append(int(entry.name))
+    return pids
+
+
+def start_serve(repository: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
+    """``hf2triton serve`` as an operator runs it (health watch on by default)."""
+    command = [sys.executable, "-m", "hf2triton.cli", "serve", "--model-repository", str(repository),
+               "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
+               "--metrics-port", str(ports["metrics"]), "--log-file", str(log)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.pop("TRITON_ADMIN_KEY", None)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_killed_stub_is_detected_and_serve_restarts_the_server(small_repository, tmp_path):
+    texts = ["good", "a terrible, boring film", "fine " * 30]
+    ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+    process = start_serve(small_repository, ports, tmp_path / "tritonserver.log")
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)
+    reader.start()
+    addresses = {"grpc": f"127.0.0.1:{ports['grpc']}", "http": f"127.0.0.1:{ports['http']}"}
+    try:
+        reference = single_answers(addresses["grpc"], "grpc", "clf", texts)
+        with Load(addresses, "clf", texts, clients=4) as load:
+            time.sleep(1.5)
+            victims = stubs_under(small_repository, "clf_model")
+            assert victims, "no model-step stub found"
+            killed_at = time.monotonic()
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            deadline = killed_at + 60
+            while not recovered(load, killed_at):
+                assert time.monotonic() < deadline, "the server did not recover within 60 s:\n" + "".join(stderr)
+                time.sleep(0.2)
+            time.sleep(1.0)
+        after = single_answers(addresses["grpc"], "grpc", "clf", texts)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=10)
+    log = "".join(stderr)
+    assert "stub(s) died: clf_model version 1 instance clf_model_0_0" in log, log
+    assert "restarts tritonserver on the same ports" in log and "ready again after" in log
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(after, reference))
     failed = load.failures
     assert all(o.started + o.seconds >= killed_at for o in failed)  # nothing failed before the kill
+    check_answers(load, reference)
     good_after = [o for o in load.outcomes if o.error is None and o.started > killed_at]
     recovery = min(o.started + o.seconds for o in good_after) - killed_at
-    check_answers(load, reference)
-    assert any("stub(s) died: clf_model version 1" in r.getMessage() for r in caplog.records)
-    assert "restarts tritonserver" in caplog.text
-    assert config.log_file.read_text().count("Started GRPCInferenceService") == 2  # one log, both runs
     window = max(o.started + o.seconds for o in failed) - min(o.started + o.seconds for o in failed)
     print(f"\nkilled stub: {len(load.outcomes)} requests from 4 clients (50 ms back-off after a failure), "
           f"{len(failed)} failed over {window:.1f} s (stub unhealthy: "
           f"{sum('not healthy' in f.error for f in failed)}, connection refused/closed while restarting: "
           f"{sum('not healthy' not in f.error for f in failed)}); first good answer {recovery:.1f} s after the "
-          "kill; the watch restarted tritonserver once")
+          "kill; `hf2triton serve` restarted tritonserver once")
 
 
 def recovered(load: Load, since: float) -> bool:

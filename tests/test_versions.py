@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import checkpoints
 from hf2triton.errors import RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.repository import ServingOptions
-from hf2triton.server import LocalTritonServer, ServerConfig, repository_index
+from hf2triton.server import LocalTritonServer, ServerConfig, repository_index, watch_and_restart
 from hf2triton.triton_config import VersionPolicy, parse_pbtxt
 from load import Load, single_answers
 
@@ -140,6 +141,9 @@ def test_live_server_switches_versions_under_load_without_failures(retrained, tm
     with LocalTritonServer(server_config) as server:
         urls = {"grpc": server.grpc_url, "http": server.http_url}
         v1 = single_answers(server.grpc_url, "grpc", NAME, TEXTS)
+        stop, restarts = threading.Event(), []  # the health watch must not mistake the swap for a dead stub
+        watcher = threading.Thread(target=lambda: restarts.append(watch_and_restart(server, stop, 0.5)))
+        watcher.start()
         with Load(urls, NAME, TEXTS, clients=4) as load:
             time.sleep(1.0)
             assert export(second, root) == 2
@@ -152,7 +156,10 @@ def test_live_server_switches_versions_under_load_without_failures(retrained, tm
                 time.sleep(0.2)
             switched = time.monotonic()
             time.sleep(1.5)
+        stop.set()
+        watcher.join(timeout=60)
         v2 = single_answers(server.http_url, "http", NAME, TEXTS)
+    assert restarts == [0]
     assert not load.failures, f"{len(load.failures)} of {len(load.outcomes)} requests failed: {load.failures[0].error}"
     assert all(not np.allclose(a, b, atol=1e-3) for a, b in zip(v1, v2)), "the versions answer alike"
     before = [o for o in load.outcomes if o.started < written]

@@ -213,7 +213,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def pinned_release(repository_root: Path = Path(".")) -> str | None:
     """TRITON_VERSION from the environment, the NGC container's own variable, or ./.env."""
-    for variable in ("TRITON_VERSION", "NVIDIA_TRITON_SERVER_VERSION", "NVIDIA_TENSORRT_VERSION"):
+    for variable in ("TRITON_VERSION", "NVIDIA_TRITON_SERVER_VERSION"):
         if os.environ.get(variable):
             return os.environ[variable]
     env_file = repository_root / ".env"

@@ -763,35 +763,43 @@ class StubWatch:
 
     Triton 2.51 does not restart such a stub: every request to that model then fails with
     "Stub process '...' is not healthy" while the server still reports ready (measured).
-    A stub counts as dead once it has been missing in two consecutive checks while the
-    repository index still lists its model version READY; stubs of versions that were
-    unloaded (hot reload) or reloaded under the same name (a new pid) do not count.
+    A stub counts as dead once it has been missing for ``confirm_s`` while the repository
+    index still lists its model version READY. Stubs stopped on purpose do not count:
+    when a version is unloaded (hot reload) its stubs exit a moment before the index
+    stops listing it READY (over half a second was seen on a busy machine), and a
+    version reloaded in place gets a new stub under the same name.
     """
 
-    def __init__(self, server: LocalTritonServer) -> None:
+    def __init__(self, server: LocalTritonServer, confirm_s: float = 3.0) -> None:
         self._server = server
+        self._confirm_s = confirm_s
         self._known: set[tuple[str, str, str]] = set()
-        self._missing: set[tuple[str, str, str]] = set()
+        self._missing_since: dict[tuple[str, str, str], float] = {}
 
     def check(self) -> list[str]:
         """Names (``model`` version ``v`` instance ``i``) of stubs confirmed dead since the last check."""
         pid = self._server.pid
         if pid is None:
             return []
-        current = {stub.key for stub in python_stubs(pid)}
+        # The python backend also runs a short-lived stub per model (named after the model,
+        # for config auto-completion) while loading it: only instance stubs are watched.
+        current = {stub.key for stub in python_stubs(pid) if stub.instance != stub.model}
         try:
             ready = {(m["name"], m.get("version", "")) for m in repository_index(self._server) if m.get("state") == "READY"}
         except (ServerError, OSError, ValueError):
             return []  # the server is busy or going down; look again next time
+        now = time.monotonic()
         missing = {key for key in self._known - current if key[:2] in ready}
-        dead = missing & self._missing
-        self._missing = missing - dead
-        self._known = current | self._missing
-        return [f"{model} version {version} instance {instance}" for model, version, instance in sorted(dead)]
+        self._missing_since = {key: self._missing_since.get(key, now) for key in missing}
+        dead = sorted(key for key, since in self._missing_since.items() if now - since >= self._confirm_s)
+        for key in dead:
+            del self._missing_since[key]
+        self._known = current | set(self._missing_since)
+        return [f"{model} version {version} instance {instance}" for model, version, instance in dead]
 
     def reset(self) -> None:
         """Forget what was seen (after a restart the stubs are new)."""
-        self._known, self._missing = set(), set()
+        self._known, self._missing_since = set(), {}
 
 
 def restart_if_stubs_died(server: LocalTritonServer, watch: StubWatch) -> list[str]:
