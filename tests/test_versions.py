@@ -177,4 +177,8 @@ def test_live_server_switches_versions_under_load_without_failures(retrained, tm
 
 
 def versions_ready(server) -> set[str]:
-    return {m["version"] for m in repository_index(server) if m["name"] == NAME and m.get("state") == "READY"}
+    """Versions READY in all four models (the ensemble chains the newest READY step versions)."""
+    index = repository_index(server)
+    models = (NAME, f"{NAME}_tokenizer", f"{NAME}_model", f"{NAME}_postprocess")
+    per_model = [{m["version"] for m in index if m["name"] == name and m.get("state") == "READY"} for name in models]
+    return set.union(*per_model) if len({frozenset(v) for v in per_model}) == 1 else {"mixed"}
