@@ -95,6 +95,7 @@ def server(repository, tmp_path_factory):
 
     root, _ = repository
     log_file = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file)
+    config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file,
+                          metrics_config=("summary_latencies=true",))  # as docker-compose.yml runs it
     with LocalTritonServer(config).start(ready_timeout_s=180) as running:
         yield running

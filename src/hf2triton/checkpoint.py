@@ -55,7 +55,7 @@ class Checkpoint:
     multi_label: bool
     pooling: Pooling
     tokenizer_file: Path | None  # None: build the fast tokenizer with transformers
-    fingerprint: str  # sha256 over config.json and weight files' names and sizes
+    fingerprint: str  # sha256 over config.json and the weight files' names and bytes
 
 
 def read_json(path: Path) -> dict:
@@ -70,10 +70,17 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def fingerprint(path: Path) -> str:
-    """Identify a checkpoint cheaply: config.json bytes plus each weight file's name and size."""
+    """Identify a checkpoint: config.json plus each weight file's name and contents.
+
+    Contents, not sizes: a model fine-tuned again has weight files of the same size, and
+    the repository writer tells versions apart by this fingerprint (~1 s per GB).
+    """
     digest = hashlib.sha256((path / "config.json").read_bytes())
     for file in weight_files(path):
-        digest.update(f"{file.name}:{file.stat().st_size}".encode())
+        digest.update(f"{file.name}:{file.stat().st_size}:".encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -90,6 +90,23 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dynamic batching: max µs a request waits for others (default: %(default)s)")
     parser.add_argument("--preferred-batch-size", type=int, nargs="*", default=list(defaults.preferred_batch_sizes),
                         help="dynamic batching: preferred batch sizes (default: %(default)s)")
+    parser.add_argument("--version", type=int, help="model version to write (default: 1 for a new model; "
+                        "the next version when NAME holds another checkpoint with the same interface; "
+                        "the same version when it holds this checkpoint)")
+    parser.add_argument("--version-policy", type=version_policy, default="latest:1", metavar="POLICY",
+                        help="versions Triton serves: latest:N, specific:V[,V...] or all (default: %(default)s)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="no model_warmup samples (one per sequence bucket) in the step configs")
+
+
+def version_policy(text: str):
+    from hf2triton.errors import RepositoryError
+    from hf2triton.triton_config import VersionPolicy
+
+    try:
+        return VersionPolicy.parse(text)
+    except RepositoryError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -106,6 +123,8 @@ def run_export(args: argparse.Namespace) -> int:
         layout=args.layout,
         model_queue_delay_us=args.queue_delay_us,
         preferred_batch_sizes=tuple(args.preferred_batch_size),
+        version_policy=args.version_policy,
+        warmup=args.warmup,
     )
     variants = VariantOptions(
         precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
@@ -129,6 +148,7 @@ def run_export(args: argparse.Namespace) -> int:
             atol=args.atol,
             aggregation=args.aggregation,
             overwrite=args.overwrite,
+            version=args.version,
             allow_parity_failure=args.allow_parity_failure,
             serving=serving,
             variants=variants,
@@ -138,7 +158,8 @@ def run_export(args: argparse.Namespace) -> int:
     layout = result.layout
     print(f"{result.parity.summary()}")
     print_variants(result)
-    print(f"wrote {layout.kind} '{layout.name}' ({result.checkpoint.task.name}) to {layout.root} "
+    print(f"wrote version {layout.version} of {layout.kind} '{layout.name}' ({result.checkpoint.task.name}) "
+          f"to {layout.root} "
           f"in {result.seconds['total']:.1f} s")
     print(f"  report: {layout.ensemble_dir / 'parity.json'}")
     print(f"  serve it: hf2triton serve --model-repository {layout.root}")
@@ -167,6 +188,9 @@ def print_variants(result) -> None:
     print(f"  report: {result.layout.ensemble_dir / 'report.json'}")
 
 
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the same variable docker-compose.yml reads
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
                         help="repository to serve (default: %(default)s)")
@@ -176,6 +200,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-file", type=Path,
                         help="file the server log is streamed to (default: a new /tmp/tritonserver-*.log, printed at start)")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbosity level")
+    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                        help="poll: pick up new model versions from the repository; explicit: load/unload "
+                        "through the (restricted) repository API (default: %(default)s)")
+    parser.add_argument("--repository-poll-secs", type=int, help="poll interval with --model-control-mode poll")
+    parser.add_argument("--admin-key-env", default=ADMIN_KEY_ENV, metavar="VAR",
+                        help="when this environment variable is set, model control and the repository, "
+                        "shared-memory, trace and logging APIs need its value in the header 'admin-key' "
+                        "(default: %(default)s)")
 
 
 def server_config(args: argparse.Namespace):
@@ -188,6 +220,10 @@ def server_config(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         log_file=args.log_file,
         log_verbose=args.log_verbose,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        load_models=("*",) if args.model_control_mode == "explicit" else (),
+        restricted_api_key=os.environ.get(args.admin_key_env) or None,
     )
 
 
@@ -197,7 +233,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.model_repository.is_dir():
         raise Hf2TritonError(f"model repository {args.model_repository} does not exist; "
                              "run `python build/export.py` first")
-    return serve(server_config(args))
+    return serve(server_config(args), health_watch=args.health_watch)
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -394,6 +430,32 @@ def print_points(points) -> None:
             print(f"  first error: {p.first_error}")
 
 
+def pinned_release(repository_root: Path = Path(".")) -> str | None:
+    """TRITON_VERSION from the environment, the NGC container's own variable, or ./.env."""
+    for variable in ("TRITON_VERSION", "NVIDIA_TRITON_SERVER_VERSION"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    env_file = repository_root / ".env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "TRITON_VERSION" and value.strip():
+                return value.strip()
+    return None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from hf2triton.compat import check_repository, detect_environment, find_plans
+
+    if args.model_repository.is_dir() and not find_plans(args.model_repository):
+        print(f"no TensorRT plans in {args.model_repository}: nothing to check")
+        return 0
+    release = args.release or pinned_release()
+    environment = None if args.offline else detect_environment()
+    print(check_repository(args.model_repository, environment, release).summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf2triton", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -406,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the bundled CPU tritonserver on 127.0.0.1 until Ctrl-C")
     add_server_arguments(serve)
+    serve.add_argument("--no-health-watch", dest="health_watch", action="store_false",
+                       help="do not restart the server when a python-backend stub process dies")
     serve.set_defaults(run=run_serve)
 
     infer = commands.add_parser("infer", help="send texts to a running server and print the answers")
@@ -420,6 +484,17 @@ def build_parser() -> argparse.ArgumentParser:
         "NER: entity spans, labels and scores). Exits 1 on any mismatch.")
     add_verify_arguments(verify)
     verify.set_defaults(run=run_verify)
+
+
+    check = commands.add_parser("check", help="refuse TensorRT plans built for another TensorRT, GPU or release",
+                                description="Compare the TensorRT version and GPU compute capability recorded "
+                                "next to each plan (<plan>.json) with this machine and the pinned release.")
+    check.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    check.add_argument("--release", help="pinned Triton release, e.g. 25.01 (default: $TRITON_VERSION, the "
+                       "container's release, or TRITON_VERSION in ./.env)")
+    check.add_argument("--offline", action="store_true",
+                       help="no GPU/TensorRT here: check the plans against the pinned release only")
+    check.set_defaults(run=run_check)
 
     demo = commands.add_parser("demo", help="start the local server, answer a request, stop")
     demo.add_argument("texts", nargs="*", help="texts to send (default: two examples)")

@@ -9,6 +9,7 @@ catch ``Hf2TritonError`` and print its message; the CLI does exactly that::
     │   └── ParityError        the ONNX file disagrees with PyTorch beyond tolerance
     ├── RepositoryError        the output repository cannot be written (e.g. holds another model)
     ├── MissingDependencyError an optional part (GPU, TensorRT, Docker, tritonserver) is absent
+    ├── CompatibilityError     TensorRT plans do not match the serving TensorRT, GPU or pinned release
     ├── ServerError            the local tritonserver failed to start or died
     └── ClientError            a request failed
         ├── InvalidInputError  the server rejected the input (HTTP 400 / gRPC INVALID_ARGUMENT)
@@ -40,6 +41,10 @@ class RepositoryError(Hf2TritonError):
 
 class MissingDependencyError(Hf2TritonError):
     """An optional component is not available; the message says how to get it."""
+
+
+class CompatibilityError(Hf2TritonError):
+    """TensorRT plans were built for another TensorRT version, GPU or release than they would run on."""
 
 
 class ServerError(Hf2TritonError):

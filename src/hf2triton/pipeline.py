@@ -44,6 +44,7 @@ class ExportOptions:
     atol: float = 1e-4
     aggregation: str = "simple"  # token classification: how token labels become entities
     overwrite: bool = False
+    version: int | None = None  # None: a new model gets 1, another checkpoint the next version
     allow_parity_failure: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
     variants: VariantOptions = field(default_factory=VariantOptions)
@@ -58,6 +59,8 @@ class ExportOptions:
             raise CheckpointError("--backend tensorrt serves TensorRT plans: add --engines (on a GPU machine)")
         if self.aggregation not in AGGREGATIONS:
             raise CheckpointError(f"--aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+        if self.version is not None and self.version < 1:
+            raise CheckpointError(f"--version must be 1 or more, got {self.version}")
         if self.max_text_bytes < 1:
             raise CheckpointError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
 
@@ -115,7 +118,7 @@ def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, se
         "pooling": asdict(checkpoint.pooling),
         "aggregation": options.aggregation if checkpoint.task.token_alignment else None,
         "opset": options.opset,
-        "serving": asdict(options.serving),
+        "serving": {**asdict(options.serving), "version_policy": str(options.serving.version_policy)},
         "versions": versions(),
     }
 
@@ -176,6 +179,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             variants=extra,
             plans=plans,
             entities=entities,
+            version=options.version,
         )
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start

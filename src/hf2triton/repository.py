@@ -1,25 +1,43 @@
 """Write the Triton model repository: ensemble ``NAME`` = tokenizer → model → postprocess,
-or (``layout="fused"``) one python-backend model ``NAME`` doing all three.
-
-Both layouts keep the client contract of :mod:`hf2triton.contract`: ``TEXT`` in, the
-task outputs and ``TRUNCATED`` out, and the contract parameters on ``NAME``'s config.
+or (``layout="fused"``) one python-backend model ``NAME`` doing all three. Both keep the
+client contract of :mod:`hf2triton.contract`. Precision variants are served beside
+``NAME`` as ensembles ``NAME_<variant>`` sharing its tokenizer and postprocess steps.
 
 The repository is self-contained and relocatable: step code (``model.py``), the ONNX
 file, tokenizer.json, labels and settings are copied in; nothing points back to the
 checkpoint. It is staged outside the repository folder and moved into place at the
 end, so a running tritonserver never sees half a model, and a failed export leaves
-the previous repository as it was.
+the previous repository as it was. Files are written 0644 and folders 0755 whatever
+the umask: nobody else can change what the server loads.
+
+Versions (see :func:`plan_version`): the models of an ensemble always carry the
+same version numbers. Exporting into a repository that already holds ``NAME``:
+
+- the same checkpoint again rewrites its version in place (idempotent);
+- another checkpoint with the same serving interface (inputs, outputs, labels, limits,
+  tokenizer settings: everything in the config files besides instances, batching,
+  warm-up and version policy) is added as the next version, or as ``--version N``;
+  a running server in poll mode (or after an explicit load) serves it without
+  dropping requests, and the version policy (default ``latest:1``) decides which
+  versions stay loaded;
+- a model with another interface is refused: a config file is shared by all versions
+  of a model, so it cannot be a new version. ``--overwrite`` replaces the model with
+  all its versions; ``--name`` exports beside it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
 from hf2triton import contract
 from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
@@ -36,19 +54,25 @@ from hf2triton.triton_config import (
     PlatformModel,
     PythonModel,
     Tensor,
+    VersionPolicy,
+    WarmupSample,
     build_ensemble,
     build_platform_model,
     build_python_model,
+    parse_pbtxt,
     to_pbtxt,
 )
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
-MANIFEST = "hf2triton.json"  # in the ensemble's folder: what built it, from which checkpoint
-VERSION = "1"
 LAYOUTS = ("ensemble", "fused")
 DEFAULT_LAYOUT = "ensemble"
+MANIFEST = "hf2triton.json"  # what built it, from which checkpoint: NAME/ (latest export) and NAME/<version>/
+FILE_MODE, DIR_MODE = 0o644, 0o755
+# Config fields that may change between versions: they are about serving, not the model.
+SERVING_FIELDS = ("instance_group", "dynamic_batching", "model_warmup", "version_policy")
+SERVING_PARAMETERS = ("intra_op_threads",)
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,8 @@ class ServingOptions:
     # CPU server); "onnxruntime" and "tensorrt" use the Triton container's own backends.
     backend: str = "python-ort"
     ort_tensorrt_precision: str | None = None  # onnxruntime flavour: TensorRT EP, "FP16"/"FP32"
+    version_policy: VersionPolicy = VersionPolicy()  # which versions Triton serves (default: the newest)
+    warmup: bool = True  # model_warmup samples (one per sequence bucket) in the step configs
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -100,6 +126,7 @@ class ServingOptions:
 class RepositoryLayout:
     root: Path
     name: str
+    version: int = 1  # the version this export wrote
     kind: str = DEFAULT_LAYOUT
     variants: tuple[str, ...] = ()  # extra ensembles NAME_<variant> over NAME_model_<variant>
 
@@ -108,9 +135,14 @@ class RepositoryLayout:
         return contract.step_names(self.name) if self.kind == "ensemble" else ()
 
     @property
+    def core_dirs(self) -> tuple[Path, ...]:
+        """``NAME`` and its steps: what versions are planned over."""
+        return tuple(self.root / n for n in (self.name, *self.steps))
+
+    @property
     def model_dirs(self) -> tuple[Path, ...]:
-        extra = [n for v in self.variants for n in (variant_ensemble(self.name, v), variant_model(self.name, v))]
-        return tuple(self.root / n for n in (self.name, *self.steps, *extra))
+        extra = [n for v in self.variants for n in (variant_model(self.name, v), variant_ensemble(self.name, v))]
+        return (*self.core_dirs, *(self.root / n for n in extra))
 
     @property
     def stale_dirs(self) -> tuple[Path, ...]:
@@ -124,11 +156,20 @@ class RepositoryLayout:
     @property
     def onnx_file(self) -> Path:
         holder = self.steps[1] if self.steps else self.name
-        return self.root / holder / VERSION / "model.onnx"
+        return self.root / holder / str(self.version) / "model.onnx"
+
+    def versions(self) -> tuple[int, ...]:
+        """Versions present in every one of the core model folders, ascending."""
+        found = [set(_numeric_dirs(folder)) for folder in self.core_dirs if folder.is_dir()]
+        return tuple(sorted(set.intersection(*found))) if found else ()
 
     @property
     def manifest(self) -> Path:
         return self.ensemble_dir / MANIFEST
+
+
+def _numeric_dirs(folder: Path) -> list[int]:
+    return [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
 
 
 def variant_ensemble(name: str, variant: str) -> str:
@@ -153,11 +194,29 @@ def platform_step(model: PythonModel, serving: ServingOptions, cc_plans: dict[st
         batching=model.batching,
         cc_model_filenames=cc_plans if tensorrt else {},
         ort_tensorrt_precision=None if tensorrt else serving.ort_tensorrt_precision,
+        version_policy=model.version_policy,
+        warmup=model.warmup,
     )
 
 
 def int64(name: str) -> Tensor:
     return Tensor(name, "TYPE_INT64", (-1,))
+
+
+def with_sequence(tensor: Tensor, length: int) -> Tensor:
+    """``tensor`` with its variable sequence axis (-1) fixed to ``length``, for warm-up data."""
+    return Tensor(tensor.name, tensor.data_type, tuple(length if d == -1 else d for d in tensor.dims))
+
+
+def bucket_warmup(inputs: tuple[Tensor, ...], buckets: tuple[int, ...]) -> tuple[WarmupSample, ...]:
+    """One zero-filled sample per sequence bucket (one sample when no input has a sequence axis).
+
+    The tokenizer pads every request to a bucket, so these are exactly the shapes the
+    model and postprocess steps will see; each first run of a shape is slow in ONNX Runtime.
+    """
+    if not any(-1 in t.dims for t in inputs):
+        return (WarmupSample("warmup", inputs),)
+    return tuple(WarmupSample(f"bucket_{b}", tuple(with_sequence(t, b) for t in inputs)) for b in buckets)
 
 
 def postprocess_settings(checkpoint: Checkpoint, entities: EntitySettings | None) -> dict:
@@ -195,6 +254,11 @@ def step_models(
         task.model_output, "TYPE_FP32", (-1, width) if task.model_output_has_sequence_axis else (width,)
     )
     mbs = serving.max_batch_size
+    policy = serving.version_policy
+
+    def warmup(inputs: tuple[Tensor, ...]) -> tuple[WarmupSample, ...]:
+        return bucket_warmup(inputs, settings.buckets) if serving.warmup else ()
+
     tokenizer = PythonModel(
         name=tokenizer_name,
         inputs=(text,),
@@ -202,6 +266,8 @@ def step_models(
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
         parameters={"settings": settings.to_json(), "truncated_output": contract.OUTPUT_TRUNCATED},
+        version_policy=policy,
+        warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
     model = PythonModel(
         name=model_name,
@@ -211,19 +277,25 @@ def step_models(
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads)},
+        version_policy=policy,
+        warmup=warmup(token_tensors),
     )
     available = {
         t.name: t for t in (model_output, text, int64("attention_mask"), int64("input_ids"), *alignment)
     }
+    postprocess_inputs = tuple(available[n] for n in task.postprocess_inputs)
     postprocess = PythonModel(
         name=postprocess_name,
-        inputs=tuple(available[n] for n in task.postprocess_inputs),
+        inputs=postprocess_inputs,
         outputs=tuple(
             Tensor(o.name, o.data_type, tuple(width if d == HIDDEN else d for d in o.dims)) for o in task.outputs
         ),
         max_batch_size=mbs,
         instance_count=serving.postprocess_instances,
         parameters={"task": task.name, "settings": json.dumps(postprocess_settings(checkpoint, entities))},
+        version_policy=policy,
+        # Zero-filled offsets and texts mean nothing to the entity grouping: no warm-up there.
+        warmup=() if task.token_alignment else warmup(postprocess_inputs),
     )
     return tokenizer, model, postprocess
 
@@ -267,6 +339,8 @@ def fused_model(
             "onnx_file": "model.onnx",
             "intra_op_threads": str(serving.intra_op_threads),
         },
+        version_policy=serving.version_policy,
+        warmup=bucket_warmup(tokenizer.inputs, settings.buckets) if serving.warmup else (),
     )
 
 
@@ -297,6 +371,7 @@ def ensemble_model(
             EnsembleStep(postprocess.name, identity(postprocess.inputs), identity(postprocess.outputs)),
         ),
         parameters=parameters,
+        version_policy=model.version_policy,
     )
 
 
@@ -304,43 +379,202 @@ def backend_source(module: str) -> bytes:
     return resources.files("hf2triton.backends").joinpath(f"{module}.py").read_bytes()
 
 
-def check_destination(layout: RepositoryLayout, fingerprint: str, overwrite: bool) -> None:
-    """Refuse to replace another model's folders unless ``overwrite``."""
+@dataclass(frozen=True)
+class VersionPlan:
+    """Where an export goes: ``version`` of each model, and whether the old folders go entirely."""
+
+    version: int
+    replace_all: bool  # True: a fresh model (nothing there, or --overwrite); False: add/rewrite one version
+    reason: str
+
+
+def read_fingerprint(layout: RepositoryLayout, version: int) -> str | None:
+    """The checkpoint fingerprint recorded for ``version`` (per-version manifest, else the top-level one)."""
+    candidates = [layout.ensemble_dir / str(version) / MANIFEST, layout.manifest]
+    for path in candidates:
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("version", 1) == version:
+            return manifest.get("checkpoint", {}).get("fingerprint")
+    return None
+
+
+def interface(config: pb.ModelConfig) -> pb.ModelConfig:
+    """The part of a config that every version of a model shares (serving knobs removed)."""
+    shared = pb.ModelConfig()
+    shared.CopyFrom(config)
+    for name in SERVING_FIELDS:
+        shared.ClearField(name)
+    for key in SERVING_PARAMETERS:
+        if key in shared.parameters:
+            del shared.parameters[key]
+    return shared
+
+
+def interface_differences(layout: RepositoryLayout, configs: dict[str, pb.ModelConfig]) -> list[str]:
+    """Each model whose existing config.pbtxt differs from ``configs`` beyond serving knobs, and how."""
+    problems = []
+    for name, new in configs.items():
+        path = layout.root / name / "config.pbtxt"
+        try:
+            old = interface(parse_pbtxt(path.read_text()))
+        except (OSError, text_format.ParseError) as error:
+            problems.append(f"{name}: cannot read {path} ({error})")
+            continue
+        mine = interface(new)
+        if old != mine:
+            fields = sorted(
+                {f.name for f, _ in old.ListFields()} ^ {f.name for f, _ in mine.ListFields()}
+                | {f.name for f, v in old.ListFields() if getattr(mine, f.name) != v}
+            )
+            problems.append(f"{name} differs in {', '.join(fields)}")
+    return problems
+
+
+def plan_version(
+    layout: RepositoryLayout,
+    fingerprint: str,
+    configs: dict[str, pb.ModelConfig],
+    requested: int | None = None,
+    overwrite: bool = False,
+) -> VersionPlan:
+    """Decide which version an export writes (the rules are in the module docstring).
+
+    Raises RepositoryError naming the conflict and the way out.
+    """
     if layout.root.exists() and not layout.root.is_dir():
         raise RepositoryError(f"output {layout.root} exists and is not a directory")
-    existing = [d for d in (*layout.model_dirs, *layout.stale_dirs) if d.exists()]
-    if not existing or overwrite:
-        return
-    previous = None
-    if layout.manifest.exists():
-        try:
-            previous = json.loads(layout.manifest.read_text())["checkpoint"]["fingerprint"]
-        except (ValueError, KeyError):
-            previous = None
-    if previous != fingerprint:
-        names = ", ".join(d.name for d in existing)
+    if requested is not None and requested < 1:
+        raise RepositoryError(f"--version must be 1 or more, not {requested}")
+    existing = [d for d in layout.core_dirs if d.exists()]
+    stale = [d for d in layout.stale_dirs if d.exists()]
+    if not existing and not stale:
+        return VersionPlan(requested or 1, True, "new model")
+    if overwrite:
+        return VersionPlan(requested or 1, True, "--overwrite: replacing every version")
+    names = ", ".join(d.name for d in (*existing, *stale))
+    switching = bool(stale) or (layout.kind == "ensemble" and existing == [layout.ensemble_dir])
+    if switching:  # the other layout (fused ↔ ensemble) is there under this name
+        previous = _numeric_dirs(layout.ensemble_dir) if layout.ensemble_dir.is_dir() else []
+        if previous and read_fingerprint(layout, max(previous)) == fingerprint:
+            return VersionPlan(requested or max(previous), True, "same checkpoint in the other layout: replacing it")
         raise RepositoryError(
             f"{layout.root} already holds a different model under {names}; "
             "pass --overwrite to replace it, or --name to export beside it"
         )
+    versions = layout.versions()
+    if len(existing) < len(layout.core_dirs) or not versions:
+        raise RepositoryError(
+            f"{layout.root} holds an incomplete model under {names}; pass --overwrite to replace it"
+        )
+    latest = versions[-1]
+    target = requested if requested is not None else latest
+    if target in versions and read_fingerprint(layout, target) == fingerprint:
+        return VersionPlan(target, False, f"same checkpoint: rewriting version {target}")
+    differences = interface_differences(layout, configs)
+    if differences:
+        raise RepositoryError(
+            f"{layout.root} already holds a different model under {names}, with another serving interface "
+            f"({'; '.join(differences)}), so it cannot become a new version of it; "
+            "pass --overwrite to replace it (all versions), or --name to export beside it"
+        )
+    if requested is None:
+        return VersionPlan(latest + 1, False, f"another checkpoint: adding version {latest + 1}")
+    if requested in versions:
+        raise RepositoryError(
+            f"version {requested} of {layout.name} in {layout.root} holds another checkpoint; choose another "
+            f"--version (existing: {', '.join(map(str, versions))}), or --overwrite to replace all versions"
+        )
+    return VersionPlan(requested, False, f"adding version {requested}")
 
 
-def write_model(
-    staging: Path, config: PythonModel | PlatformModel | Ensemble, files: dict[str, bytes | Path]
-) -> None:
-    """One model folder: version files first, config.pbtxt last."""
+def restrict_permissions(folder: Path) -> None:
+    """Folders 0755, files 0644 below ``folder`` (whatever the umask): only the owner writes."""
+    folder.chmod(DIR_MODE)
+    for path in folder.rglob("*"):
+        path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+
+
+def stage_model(staging: Path, config: pb.ModelConfig, version: int, files: dict[str, bytes | Path]) -> Path:
+    """One model folder in ``staging``: ``<version>/`` with the files, and config.pbtxt."""
     folder = staging / config.name
-    version = folder / VERSION
-    version.mkdir(parents=True)
+    version_dir = folder / str(version)
+    version_dir.mkdir(parents=True)
     for relative, content in files.items():
-        target = version / relative
+        target = version_dir / relative
         if isinstance(content, Path):
             shutil.copyfile(content, target)
         else:
             target.write_bytes(content)
-    builders = {Ensemble: build_ensemble, PythonModel: build_python_model, PlatformModel: build_platform_model}
-    built = builders[type(config)](config)
-    (folder / "config.pbtxt").write_text(to_pbtxt(built))
+    (folder / "config.pbtxt").write_text(to_pbtxt(config))
+    restrict_permissions(folder)
+    return folder
+
+
+def install_version(staged: Path, destination: Path, version: int) -> None:
+    """Move a staged version folder into an existing model folder, then swap config.pbtxt atomically.
+
+    Version first, config last: a server polling the repository sees either the old state
+    or a complete new version.
+    """
+    replace_dir(staged / str(version), destination / str(version))
+    os.replace(staged / "config.pbtxt", destination / "config.pbtxt")
+    destination.chmod(DIR_MODE)
+
+
+def model_step_files(
+    model: PythonModel, onnx_file: Path, serving: ServingOptions, plans: dict[str, Path]
+) -> tuple[pb.ModelConfig, dict[str, bytes | Path]]:
+    """The model step in the chosen flavour: python-ort (model.py + model.onnx), the
+    container's onnxruntime backend (model.onnx), or tensorrt (one plan per GPU arch)."""
+    if serving.backend == "python-ort":
+        return build_python_model(model), {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file}
+    if serving.backend == "onnxruntime":
+        return build_platform_model(platform_step(model, serving, {})), {"model.onnx": onnx_file}
+    if not plans:
+        raise RepositoryError("the tensorrt backend needs engines: export with --engines on a GPU machine")
+    files: dict[str, bytes | Path] = {}
+    cc_plans = {}
+    for capability, plan in sorted(plans.items()):
+        filename = "model.plan" if len(plans) == 1 else f"model.sm{capability.replace('.', '')}.plan"
+        files[filename] = plan
+        files[f"{filename}.json"] = plan.with_name(plan.name + ".json")
+        cc_plans[capability] = filename
+    return build_platform_model(platform_step(model, serving, cc_plans if len(plans) > 1 else {})), files
+
+
+def repository_models(
+    name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path, settings: TokenizerSettings,
+    serving: ServingOptions, entities: EntitySettings | None, variants: dict[str, Path], plans: dict[str, Path],
+) -> dict[str, tuple[pb.ModelConfig, dict[str, bytes | Path]]]:
+    """Every model of the export: its config and the files of its version folder, steps first."""
+    if serving.layout == "fused":
+        files: dict[str, bytes | Path] = {"model.py": backend_source("fused"), "tokenizer.json": tokenizer_json,
+                                          "model.onnx": onnx_file}
+        files.update({f"{module}.py": backend_source(module) for module in FUSED_STEP_MODULES})
+        return {name: (build_python_model(fused_model(name, checkpoint, settings, serving)), files)}
+    steps = step_models(name, checkpoint, settings, serving, entities)
+    tokenizer, model, postprocess = steps
+    post_files: dict[str, bytes | Path] = {"model.py": backend_source("postprocess")}
+    if entities is not None:  # words are the tokenizer's own tokens, decoded as transformers does
+        post_files["tokenizer.json"] = tokenizer_json
+    models = {
+        tokenizer.name: (build_python_model(tokenizer), {"model.py": backend_source("tokenizer"),
+                                                         "tokenizer.json": tokenizer_json}),
+        model.name: model_step_files(model, onnx_file, serving, plans),
+        postprocess.name: (build_python_model(postprocess), post_files),
+        name: (build_ensemble(ensemble_model(name, steps, checkpoint, settings, entities)), {}),
+    }
+    flavour = replace(serving, backend="python-ort" if serving.backend == "python-ort" else "onnxruntime")
+    for variant, variant_file in variants.items():
+        variant_step = replace(model, name=variant_model(name, variant))
+        models[variant_step.name] = model_step_files(variant_step, variant_file, flavour, {})
+        ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
+                                  checkpoint, settings, entities)
+        models[ensemble.name] = (build_ensemble(ensemble), {})
+    return models
 
 
 def write_repository(
@@ -354,99 +588,60 @@ def write_repository(
     manifest: dict,
     reports: dict[str, dict],
     overwrite: bool = False,
+    version: int | None = None,
     variants: dict[str, Path] | None = None,
     plans: dict[str, Path] | None = None,
     entities: EntitySettings | None = None,
 ) -> RepositoryLayout:
-    """Write the model folders for ``name`` under ``root`` and return their layout.
+    """Write version ``version`` (default: see :func:`plan_version`) of every model of ``name``.
 
     ``onnx_file`` is what ``NAME`` serves. In the ensemble layout each of ``variants``
     (name → ONNX file) gets its own ensemble ``NAME_<variant>`` sharing the tokenizer and
-    postprocess steps, and with the tensorrt backend ``plans`` maps GPU compute capability
-    → engine file for the model step.
+    postprocess steps; with the tensorrt backend ``plans`` maps GPU compute capability →
+    engine file for the model step.
     """
-    variants = variants or {}
+    variants = dict(variants or {})
     if serving.layout == "fused":
         if entities is not None:
             raise RepositoryError("token classification needs the ensemble layout (--layout ensemble)")
         if variants:
             log.warning("the fused layout serves one variant; %s not written", ", ".join(variants))
             variants = {}
-    layout = RepositoryLayout(Path(root).resolve(), name, serving.layout, tuple(variants))
-    check_destination(layout, checkpoint.fingerprint, overwrite)
+    root = Path(root).resolve()
+    models = repository_models(name, checkpoint, onnx_file, tokenizer_json, settings, serving, entities,
+                               variants, plans or {})
+    planned = RepositoryLayout(root, name, kind=serving.layout, variants=tuple(variants))
+    core = {d.name: models[d.name][0] for d in planned.core_dirs}
+    plan = plan_version(planned, checkpoint.fingerprint, core, version, overwrite)
+    layout = replace(planned, version=plan.version)
+    log.info("%s: %s", name, plan.reason)
     layout.root.mkdir(parents=True, exist_ok=True)
+    manifest = {**manifest, "version": plan.version}
+    texts = {MANIFEST: json.dumps(manifest, indent=2) + "\n"}
+    texts.update({f"{n}.json": json.dumps(r, indent=2) + "\n" for n, r in reports.items()})
+    ensemble_files = {**models[name][1], **{n: t.encode() for n, t in texts.items()}}
     with tempfile.TemporaryDirectory(dir=layout.root.parent, prefix=f".{name}-staging-") as tmp:
         staging = Path(tmp)
-        if layout.kind == "fused":
-            write_fused(staging, name, checkpoint, onnx_file, tokenizer_json, settings, serving)
-        else:
-            write_ensemble(staging, name, checkpoint, onnx_file, tokenizer_json, settings, serving,
-                           entities, variants, plans or {})
-        (staging / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for report_name, report in reports.items():
-            (staging / name / f"{report_name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        for folder in layout.model_dirs:
-            replace_dir(staging / folder.name, folder)
+        staged = {
+            n: stage_model(staging, config, plan.version, ensemble_files if n == name else files)
+            for n, (config, files) in models.items()
+        }
+        for report_name, text in texts.items():  # the latest export's reports, beside config.pbtxt
+            (staged[name] / report_name).write_text(text)
+            (staged[name] / report_name).chmod(FILE_MODE)
+        ordered = [d for d in layout.model_dirs if d.name != name] + [layout.ensemble_dir]
+        for folder in ordered:  # steps first, the ensemble last
+            if plan.replace_all or not folder.exists():
+                replace_dir(staged[folder.name], folder)
+            else:
+                install_version(staged[folder.name], folder, plan.version)
+                for report_name in texts if folder.name == name else ():
+                    os.replace(staged[name] / report_name, folder / report_name)
         for folder in layout.stale_dirs:
             if folder.exists():
                 shutil.rmtree(folder)
-    log.info("wrote %s %s to %s", layout.kind, name, layout.root)
+    log.info("wrote version %d of %s %s to %s", plan.version, layout.kind, name, layout.root)
     return layout
-
-
-def write_model_step(
-    staging: Path, model: PythonModel, onnx_file: Path, serving: ServingOptions, plans: dict[str, Path]
-) -> None:
-    """The model step in the chosen flavour: python-ort (model.py + model.onnx), the
-    container's onnxruntime backend (model.onnx), or tensorrt (one plan per GPU arch)."""
-    if serving.backend == "python-ort":
-        write_model(staging, model, {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file})
-        return
-    if serving.backend == "onnxruntime":
-        write_model(staging, platform_step(model, serving, {}), {"model.onnx": onnx_file})
-        return
-    if not plans:
-        raise RepositoryError("the tensorrt backend needs engines: export with --engines on a GPU machine")
-    files: dict[str, bytes | Path] = {}
-    cc_plans = {}
-    for capability, plan in sorted(plans.items()):
-        filename = "model.plan" if len(plans) == 1 else f"model.sm{capability.replace('.', '')}.plan"
-        files[filename] = plan
-        files[f"{filename}.json"] = plan.with_name(plan.name + ".json")
-        cc_plans[capability] = filename
-    write_model(staging, platform_step(model, serving, cc_plans if len(plans) > 1 else {}), files)
-
-
-def write_ensemble(
-    staging: Path, name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path,
-    settings: TokenizerSettings, serving: ServingOptions, entities: EntitySettings | None,
-    variants: dict[str, Path], plans: dict[str, Path],
-) -> None:
-    steps = step_models(name, checkpoint, settings, serving, entities)
-    tokenizer, model, postprocess = steps
-    write_model(staging, tokenizer, {"model.py": backend_source("tokenizer"), "tokenizer.json": tokenizer_json})
-    write_model_step(staging, model, onnx_file, serving, plans)
-    post_files: dict[str, bytes | Path] = {"model.py": backend_source("postprocess")}
-    if entities is not None:  # words are the tokenizer's own tokens, decoded as transformers does
-        post_files["tokenizer.json"] = tokenizer_json
-    write_model(staging, postprocess, post_files)
-    write_model(staging, ensemble_model(name, steps, checkpoint, settings, entities), {})
-    for variant, variant_file in variants.items():
-        variant_step = replace(model, name=variant_model(name, variant))
-        flavour = "python-ort" if serving.backend == "python-ort" else "onnxruntime"
-        write_model_step(staging, variant_step, variant_file, replace(serving, backend=flavour), {})
-        ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
-                                  checkpoint, settings, entities)
-        write_model(staging, ensemble, {})
-
-
-def write_fused(staging: Path, name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path,
-                settings: TokenizerSettings, serving: ServingOptions) -> None:
-    """The fused model's folder: model.py plus the three step modules it imports, copied beside it."""
-    files: dict[str, bytes | Path] = {"model.py": backend_source("fused"), "tokenizer.json": tokenizer_json,
-                                      "model.onnx": onnx_file}
-    files.update({f"{module}.py": backend_source(module) for module in FUSED_STEP_MODULES})
-    write_model(staging, fused_model(name, checkpoint, settings, serving), files)
 
 
 def replace_dir(new: Path, destination: Path) -> None:

@@ -64,7 +64,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Callable
@@ -74,11 +74,15 @@ from hf2triton.errors import MissingDependencyError, ServerError
 __all__ = [
     "LocalTritonServer",
     "ServerConfig",
+    "StubWatch",
     "TritonDistribution",
     "find_bundled_tritonserver",
     "free_port",
     "prepare_backend_directory",
+    "python_stubs",
+    "restart_if_stubs_died",
     "serve",
+    "watch_and_restart",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +90,12 @@ logger = logging.getLogger(__name__)
 PYTRITON_DISTRIBUTION = "nvidia-pytriton"
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+# The APIs a restricted server guards with a key header (names as ``tritonserver --help`` lists
+# them). Model control (load/unload) is the ``model-repository`` API. Health, metadata,
+# model-config, statistics and inference stay open: clients read the model config.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+RESTRICTED_KEY_HEADER = "admin-key"  # HTTP header; gRPC metadata adds GRPC_RESTRICTED_PREFIX
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"  # what tritonserver expects in front of the gRPC key
 LOG_TAIL_LINES = 40
 _POLL_INTERVAL_S = 0.1
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py", "triton_python_backend_stub")
@@ -293,12 +303,15 @@ class ServerConfig:
     repository_poll_secs: int | None = None
     load_models: tuple[str, ...] = ()
     exit_timeout_s: int = 10
+    restricted_api_key: str | None = field(default=None, repr=False)  # when set, RESTRICTED_APIS need header RESTRICTED_KEY_HEADER
+    metrics_config: tuple[str, ...] = ()  # e.g. ("summary_latencies=true",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository))
         if self.log_file is not None:
             object.__setattr__(self, "log_file", Path(self.log_file))
         object.__setattr__(self, "load_models", tuple(self.load_models))
+        object.__setattr__(self, "metrics_config", tuple(self.metrics_config))
         problems: list[str] = []
         if self.model_control_mode not in MODEL_CONTROL_MODES:
             problems.append(
@@ -327,6 +340,8 @@ class ServerConfig:
                 problems.append("load_models='*' (every model) must be the only entry")
         if not self.host:
             problems.append("host must not be empty")
+        if self.restricted_api_key is not None and not _valid_key(self.restricted_api_key):
+            problems.append("restricted_api_key must be 8 or more letters, digits, '-' or '_'")
         if problems:
             raise ValueError("invalid ServerConfig: " + "; ".join(problems))
 
@@ -375,7 +390,31 @@ class ServerConfig:
             ("metrics-address", self.host),
             ("metrics-port", self.metrics_port),
         ]
+        args.extend(("metrics-config", setting) for setting in self.metrics_config)
+        if self.restricted_api_key is not None:
+            restriction = f"{','.join(RESTRICTED_APIS)}:{RESTRICTED_KEY_HEADER}={self.restricted_api_key}"
+            args += [("http-restricted-api", restriction), ("grpc-restricted-protocol", restriction)]
         return [f"--{key}={value}" for key, value in args]
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """The header a request to a restricted API needs (empty when nothing is restricted).
+
+        Over gRPC tritonserver expects the key under ``triton-grpc-protocol-<header>``.
+        """
+        if not self.restricted_api_key:
+            return {}
+        prefix = GRPC_RESTRICTED_PREFIX if protocol == "grpc" else ""
+        return {prefix + RESTRICTED_KEY_HEADER: self.restricted_api_key}
+
+
+def _valid_key(key: str) -> bool:
+    return len(key) >= 8 and all(c.isalnum() or c in "-_" for c in key)
+
+
+def redact_argv(argv: list[str], secret: str | None) -> str:
+    """``argv`` as one line with ``secret`` replaced, fit for a log."""
+    line = " ".join(argv)
+    return line.replace(secret, "***") if secret else line
 
 
 # --------------------------------------------------------------------------- the process
@@ -418,8 +457,10 @@ def _load_errors(path: Path, limit: int = 10) -> list[str]:
     return found
 
 
-def _http_get(url: str, timeout_s: float = 2.0, method: str = "GET") -> tuple[int, bytes]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+def _http_get(
+    url: str, timeout_s: float = 2.0, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (local URL)
             return int(response.status), response.read()
@@ -444,6 +485,7 @@ class LocalTritonServer:
         self._log_handle: IO[bytes] | None = None
         self._log_path: Path | None = config.log_file
         self._lock = threading.Lock()
+        self._restarts = 0
 
     # -- addresses
     @property
@@ -535,7 +577,7 @@ class LocalTritonServer:
         self._log_path = self._open_log()
         if _client_host(self._config.host) != "127.0.0.1":
             logger.warning("tritonserver binds to %s: it is reachable beyond this machine", self._config.host)
-        logger.info("starting tritonserver: %s", " ".join(argv))
+        logger.info("starting tritonserver: %s", redact_argv(argv, self._config.restricted_api_key))
         logger.debug("tritonserver log: %s", self._log_path)
         self._process = subprocess.Popen(  # noqa: S603 (fixed binary, rendered flags)
             argv,
@@ -569,7 +611,7 @@ class LocalTritonServer:
         if self._requested.log_file is not None:
             path = self._requested.log_file
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_handle = path.open("wb")
+            self._log_handle = path.open("ab" if self._restarts else "wb")  # a restart keeps the first run's log
         else:
             handle = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)  # noqa: SIM115
             path = Path(handle.name)
@@ -606,7 +648,19 @@ class LocalTritonServer:
         parts.append(f"Full server log: {path}")
         return "\n".join(parts)
 
-    def stop(self, timeout_s: float = 15) -> None:
+    def restart(self, ready_timeout_s: float = 120, drain_s: float = 1.0) -> LocalTritonServer:
+        """Stop (SIGINT, then after ``drain_s`` SIGKILL) and start again on the same ports."""
+        self.stop(timeout_s=drain_s, term_timeout_s=0.5)
+        self._requested = self._config  # ports resolved at the first start: clients keep their addresses
+        self._restarts += 1
+        return self.start(ready_timeout_s)
+
+    @property
+    def restarts(self) -> int:
+        """How many times :meth:`restart` ran."""
+        return self._restarts
+
+    def stop(self, timeout_s: float = 15, term_timeout_s: float = 5.0) -> None:
         """Stop the server: SIGINT, wait ``timeout_s``, then SIGTERM, then SIGKILL. Idempotent."""
         with self._lock:
             process = self._process
@@ -614,7 +668,7 @@ class LocalTritonServer:
                 return  # never started, or already stopped and cleaned up
             if process.poll() is None:
                 logger.info("stopping tritonserver (pid %d)", process.pid)
-                for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, term_timeout_s), (signal.SIGKILL, 5.0)):
                     if sig == signal.SIGINT:
                         with contextlib.suppress(ProcessLookupError):
                             process.send_signal(sig)
@@ -667,24 +721,139 @@ def _reap_group(pgid: int, grace_s: float = 2.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+# --------------------------------------------------------------------------- health watch
+
+
+@dataclass(frozen=True)
+class StubProcess:
+    """A python-backend stub: the process that runs one instance of a python model."""
+
+    pid: int
+    model: str
+    version: str
+    instance: str  # e.g. NAME_model_0_0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.model, self.version, self.instance
+
+
+def python_stubs(server_pid: int) -> list[StubProcess]:
+    """The live python-backend stubs of the tritonserver ``server_pid`` (from /proc).
+
+    A stub's argv is: binary, ``<repository>/<model>/<version>/model.py``, shm region,
+    two sizes, the server's pid, the backend folder, an IPC id, the instance name, ...
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if len(argv) > 8 and argv[0].endswith("triton_python_backend_stub") and argv[5] == str(server_pid):
+            model_py = Path(argv[1])
+            found.append(StubProcess(int(entry.name), model_py.parent.parent.name, model_py.parent.name, argv[8]))
+    return found
+
+
+class StubWatch:
+    """Finds python-backend stubs that died while their model version is still loaded.
+
+    Triton 2.51 does not restart such a stub: every request to that model then fails with
+    "Stub process '...' is not healthy" while the server still reports ready (measured).
+    A stub counts as dead once it has been missing for ``confirm_s`` while the repository
+    index still lists its model version READY. Stubs stopped on purpose do not count:
+    when a version is unloaded (hot reload) its stubs exit a moment before the index
+    stops listing it READY (over half a second was seen on a busy machine), and a
+    version reloaded in place gets a new stub under the same name.
+    """
+
+    def __init__(self, server: LocalTritonServer, confirm_s: float = 3.0) -> None:
+        self._server = server
+        self._confirm_s = confirm_s
+        self._known: set[tuple[str, str, str]] = set()
+        self._missing_since: dict[tuple[str, str, str], float] = {}
+
+    def check(self) -> list[str]:
+        """Names (``model`` version ``v`` instance ``i``) of stubs confirmed dead since the last check."""
+        pid = self._server.pid
+        if pid is None:
+            return []
+        # The python backend also runs a short-lived stub per model (named after the model,
+        # for config auto-completion) while loading it: only instance stubs are watched.
+        current = {stub.key for stub in python_stubs(pid) if stub.instance != stub.model}
+        try:
+            ready = {(m["name"], m.get("version", "")) for m in repository_index(self._server) if m.get("state") == "READY"}
+        except (ServerError, OSError, ValueError):
+            return []  # the server is busy or going down; look again next time
+        now = time.monotonic()
+        missing = {key for key in self._known - current if key[:2] in ready}
+        self._missing_since = {key: self._missing_since.get(key, now) for key in missing}
+        dead = sorted(key for key, since in self._missing_since.items() if now - since >= self._confirm_s)
+        for key in dead:
+            del self._missing_since[key]
+        self._known = current | set(self._missing_since)
+        return [f"{model} version {version} instance {instance}" for model, version, instance in dead]
+
+    def reset(self) -> None:
+        """Forget what was seen (after a restart the stubs are new)."""
+        self._known, self._missing_since = set(), {}
+
+
+def restart_if_stubs_died(server: LocalTritonServer, watch: StubWatch) -> list[str]:
+    """One health check: when stubs died, restart the server on the same ports and say so.
+
+    Returns the dead stubs (empty when all is well).
+    """
+    dead = watch.check()
+    if dead:
+        logger.error(
+            "python-backend stub(s) died: %s. Triton does not restart them (every request to that model "
+            "fails while the server still reports ready), so hf2triton restarts tritonserver on the same ports",
+            ", ".join(dead),
+        )
+        started = time.monotonic()
+        server.restart()
+        watch.reset()
+        logger.warning("tritonserver restarted: ready again after %.1f s", time.monotonic() - started)
+    return dead
+
+
+def watch_and_restart(server: LocalTritonServer, stop: threading.Event, interval_s: float = 1.0) -> int:
+    """Health-watch ``server`` every ``interval_s`` until ``stop`` is set; return the number of restarts."""
+    watch, restarts = StubWatch(server), 0
+    while not stop.wait(interval_s):
+        if server.is_running() and restart_if_stubs_died(server, watch):
+            restarts += 1
+    return restarts
+
+
 # --------------------------------------------------------------------------- blocking entry point
 
 
 def repository_index(server: LocalTritonServer, timeout_s: float = 5.0) -> list[dict[str, str]]:
     """The server's model repository index (name, version, state, reason) via HTTP."""
-    status, body = _http_get(f"{server.http_base_url}/v2/repository/index", timeout_s=timeout_s, method="POST")
+    status, body = _http_get(
+        f"{server.http_base_url}/v2/repository/index",
+        timeout_s=timeout_s,
+        method="POST",
+        headers=server.config.admin_headers(),
+    )
     if status != 200:
         raise ServerError(f"the repository index request failed with HTTP {status}: {body[:200]!r}")
     entries = json.loads(body)
     return [{k: str(v) for k, v in entry.items()} for entry in entries]
 
 
-def serve(config: ServerConfig, ready_timeout_s: float = 120) -> int:
+def serve(config: ServerConfig, ready_timeout_s: float = 120, health_watch: bool = True) -> int:
     """Run the server until SIGINT or SIGTERM (Ctrl-C); return an exit status.
 
     Logs the endpoints, the READY models and the log path once ready. Returns 0 after a
     requested shutdown, or the server's own (non-zero) status if it died by itself.
-    Raises ServerError when the server does not become ready.
+    With ``health_watch``, a python-backend stub that dies makes it restart the server
+    (see :class:`StubWatch`). Raises ServerError when the server does not become ready.
     """
     stop_requested = threading.Event()
     server = LocalTritonServer(config)
@@ -708,7 +877,8 @@ def serve(config: ServerConfig, ready_timeout_s: float = 120) -> int:
         server.start(ready_timeout_s)
         starting.clear()
         _log_endpoints(server)
-        while not stop_requested.wait(0.5):
+        watch = StubWatch(server) if health_watch else None
+        while not stop_requested.wait(1.0):
             code = server.returncode
             if code is not None:
                 logger.error(
@@ -718,6 +888,8 @@ def serve(config: ServerConfig, ready_timeout_s: float = 120) -> int:
                     _read_tail(server.log_path).rstrip(),
                 )
                 return 128 - code if code < 0 else (code or 1)  # killed by signal N: 128 + N, as shells do
+            if watch is not None and restart_if_stubs_died(server, watch):
+                _log_endpoints(server)
         return 0
     except KeyboardInterrupt:
         logger.info("start-up interrupted")
@@ -743,5 +915,7 @@ def _log_endpoints(server: LocalTritonServer) -> None:
     for model in models:
         if model.get("state") != "READY":
             logger.info("model %s: %s %s", model.get("name"), model.get("state", "unknown"), model.get("reason", ""))
+    if server.config.restricted_api_key:
+        logger.info("restricted APIs (%s) need the header '%s'", ", ".join(RESTRICTED_APIS), RESTRICTED_KEY_HEADER)
     logger.info("server log: %s", server.log_path)
     logger.info("tritonserver pid %d is ready; press Ctrl-C to stop", server.pid)

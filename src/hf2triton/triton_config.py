@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from hf2triton.errors import RepositoryError
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -32,6 +34,59 @@ class Batching:
     preferred_batch_sizes: tuple[int, ...] = ()
 
 
+VERSION_POLICY_KINDS = ("latest", "specific", "all")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model Triton serves: the newest ``count``, listed ones, or all.
+
+    Written as ``latest:N``, ``specific:V[,V...]`` or ``all`` on the command line.
+    """
+
+    kind: str = "latest"
+    latest: int = 1
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in VERSION_POLICY_KINDS:
+            raise RepositoryError(f"version policy must be one of {', '.join(VERSION_POLICY_KINDS)}, not {self.kind!r}")
+        if self.kind == "latest" and self.latest < 1:
+            raise RepositoryError(f"version policy latest:N needs N >= 1, not {self.latest}")
+        if self.kind == "specific" and (not self.versions or min(self.versions) < 1):
+            raise RepositoryError("version policy specific:V[,V...] needs versions >= 1")
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        kind, _, argument = text.strip().partition(":")
+        try:
+            if kind == "latest":
+                return cls("latest", latest=int(argument or "1"))
+            if kind == "specific":
+                return cls("specific", versions=tuple(sorted({int(v) for v in argument.split(",") if v.strip()})))
+        except ValueError:
+            raise RepositoryError(f"version policy {text!r}: versions must be whole numbers") from None
+        if kind == "all" and not argument:
+            return cls("all")
+        raise RepositoryError(f"version policy {text!r} is not latest:N, specific:V[,V...] or all")
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.latest}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(str(v) for v in self.versions)
+        return "all"
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """One ``model_warmup`` entry: zero-filled inputs of these shapes (without the batch axis)."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    batch_size: int = 1
+
+
 @dataclass(frozen=True)
 class PythonModel:
     """A python-backend model (tokenizer, ONNX Runtime model step, postprocess)."""
@@ -43,6 +98,8 @@ class PythonModel:
     instance_count: int = 1
     batching: Batching = Batching()
     parameters: dict[str, str] = field(default_factory=dict)
+    version_policy: VersionPolicy = VersionPolicy()
+    warmup: tuple[WarmupSample, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +120,8 @@ class PlatformModel:
     batching: Batching = Batching()
     cc_model_filenames: dict[str, str] = field(default_factory=dict)  # compute capability -> plan
     ort_tensorrt_precision: str | None = None  # "FP16"/"FP32": ORT's TensorRT execution provider
+    version_policy: VersionPolicy = VersionPolicy()
+    warmup: tuple[WarmupSample, ...] = ()
 
     def __post_init__(self):
         if self.platform not in ("onnxruntime_onnx", "tensorrt_plan"):
@@ -86,6 +145,7 @@ class Ensemble:
     max_batch_size: int
     steps: tuple[EnsembleStep, ...]
     parameters: dict[str, str] = field(default_factory=dict)
+    version_policy: VersionPolicy = VersionPolicy()
 
 
 def _tensor(message, tensor: Tensor) -> None:
@@ -106,6 +166,25 @@ def _parameters(config: pb.ModelConfig, parameters: dict[str, str]) -> None:
         config.parameters[key].string_value = value
 
 
+def _version_policy(config: pb.ModelConfig, policy: VersionPolicy) -> None:
+    if policy.kind == "latest":
+        config.version_policy.latest.num_versions = policy.latest
+    elif policy.kind == "specific":
+        config.version_policy.specific.versions.extend(policy.versions)
+    else:
+        config.version_policy.all.SetInParent()
+
+
+def _warmup(config: pb.ModelConfig, samples: tuple[WarmupSample, ...]) -> None:
+    for sample in samples:
+        message = config.model_warmup.add(name=sample.name, batch_size=sample.batch_size)
+        for tensor in sample.inputs:
+            data = message.inputs[tensor.name]
+            data.data_type = pb.DataType.Value(tensor.data_type)
+            data.dims.extend(tensor.dims)
+            data.zero_data = True
+
+
 def build_python_model(model: PythonModel) -> pb.ModelConfig:
     config = pb.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
     _io(config, model.inputs, model.outputs)
@@ -114,6 +193,8 @@ def build_python_model(model: PythonModel) -> pb.ModelConfig:
     group = config.instance_group.add(count=model.instance_count)
     group.kind = pb.ModelInstanceGroup.KIND_CPU
     _parameters(config, model.parameters)
+    _version_policy(config, model.version_policy)
+    _warmup(config, model.warmup)
     return config
 
 
@@ -133,6 +214,8 @@ def build_platform_model(model: PlatformModel) -> pb.ModelConfig:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         accelerator.parameters["precision_mode"] = model.ort_tensorrt_precision
         accelerator.parameters["max_workspace_size_bytes"] = str(4 << 30)
+    _version_policy(config, model.version_policy)
+    _warmup(config, model.warmup)
     return config
 
 
@@ -144,6 +227,7 @@ def build_ensemble(ensemble: Ensemble) -> pb.ModelConfig:
         message.input_map.update(step.input_map)
         message.output_map.update(step.output_map)
     _parameters(config, ensemble.parameters)
+    _version_policy(config, ensemble.version_policy)
     return config
 
 
