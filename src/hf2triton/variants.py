@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hf2triton.accuracy import Accuracy, EvaluationSet, evaluation_set, measure
+from hf2triton.accuracy import Accuracy, evaluation_set, measure
 from hf2triton.backends.onnx_model import create_session
-from hf2triton.backends.tokenizer import TokenBatch, TokenizerSettings
+from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.calibration import packaged_texts, packed_feeds, read_texts, unpadded_feeds
 from hf2triton.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
