@@ -150,6 +150,7 @@ def build_engine(spec: EngineSpec, trt: ModuleType | None = None, gpu: GpuInfo |
     spec.plan_file.parent.mkdir(parents=True, exist_ok=True)
     spec.plan_file.write_bytes(bytes(serialized))
     if spec.timing_cache:
+        spec.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         spec.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     info = EngineInfo(
         plan_file=spec.plan_file.name,
