@@ -29,6 +29,7 @@ from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.calibration import packaged_texts, packed_feeds, read_texts, unpadded_feeds
 from hf2triton.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
+from hf2triton.perf.cpu import CpuMeter
 from hf2triton.fp16 import guarded_fp16
 from hf2triton.quantize import dynamic_int8, guarded_qdq
 
@@ -162,38 +163,17 @@ def synthetic_batch(settings: TokenizerSettings, batch: int, length: int) -> dic
     return {name: arrays[name] for name in settings.input_names}
 
 
-def cpu_busy_elsewhere(started: tuple[int, int], own_cpu_s: float, seconds: float) -> float:
-    """Share of the machine's CPU time used by other processes since ``started`` (from /proc/stat)."""
-    busy, total = _proc_stat()
-    cores = max(1, _cores())
-    other = (busy - started[0]) / 100.0 - own_cpu_s
-    return max(0.0, other / (seconds * cores))
-
-
-def _proc_stat() -> tuple[int, int]:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class GridCell:
     batch: int
     length: int
     ms: dict[str, float]  # variant -> median latency of one batch
-    other_cpu: float  # share of CPU other processes used meanwhile
+    other_cpu: float  # share (0..1) of all cores other processes used meanwhile
 
 
 def benchmark_grid(variants: list[Variant], settings: TokenizerSettings, rounds: int = 5) -> list[GridCell]:
     """Median batch latency per variant and grid cell, variants interleaved round by round."""
-    import resource
-
+    meter = CpuMeter()
     sessions = {v.name: create_session(v.path) for v in variants}
     cells = []
     for batch in BENCH_BATCHES:
@@ -202,16 +182,13 @@ def benchmark_grid(variants: list[Variant], settings: TokenizerSettings, rounds:
             for session in sessions.values():
                 session.run(None, feed)  # warm-up
             times: dict[str, list[float]] = {name: [] for name in sessions}
-            stat, wall = _proc_stat(), time.perf_counter()
-            own = resource.getrusage(resource.RUSAGE_SELF)
+            before = meter.sample()
             for _ in range(rounds):
                 for name, session in sessions.items():
                     started = time.perf_counter()
                     session.run(None, feed)
                     times[name].append(time.perf_counter() - started)
-            now = resource.getrusage(resource.RUSAGE_SELF)
-            own_s = (now.ru_utime + now.ru_stime) - (own.ru_utime + own.ru_stime)
-            other = cpu_busy_elsewhere(stat, own_s, time.perf_counter() - wall)
+            other = meter.usage(before, meter.sample()).other_pct / 100
             cells.append(GridCell(batch, min(length, settings.max_length),
                                   {n: 1000 * statistics.median(t) for n, t in times.items()}, round(other, 3)))
     return cells
