@@ -165,3 +165,23 @@ def test_one_profile_per_bucket(tmp_path):
     profiles = shape_profiles(spec(tmp_path, per_bucket=True))
     assert [p["input_ids"][2][1] for p in profiles] == [16, 32, 64, 128]
     assert [p["input_ids"][0][1] for p in profiles] == [1, 17, 33, 65]
+
+
+def test_tensorrt_flavour_lists_one_plan_per_gpu_with_its_sidecar(tmp_path):
+    from hf2triton.repository import ServingOptions, model_step_files
+    from hf2triton.triton_config import PythonModel, Tensor
+
+    plans = {}
+    for capability in ("8.6", "8.9"):
+        plan = tmp_path / capability / "model.plan"
+        plan.parent.mkdir()
+        plan.write_bytes(b"PLAN")
+        plan.with_name("model.plan.json").write_text("{}")
+        plans[capability] = plan
+    step = PythonModel("m_model", (Tensor("input_ids", "TYPE_INT64", (-1,)),),
+                       (Tensor("logits", "TYPE_FP32", (3,)),), 8)
+    config, files = model_step_files(step, tmp_path / "unused.onnx", ServingOptions(backend="tensorrt"), plans)
+    assert config.platform == "tensorrt_plan"
+    assert dict(config.cc_model_filenames) == {"8.6": "model.sm86.plan", "8.9": "model.sm89.plan"}
+    assert files["model.sm89.plan.json"] == plans["8.9"].with_name("model.plan.json")
+    assert set(files) == {"model.sm86.plan", "model.sm86.plan.json", "model.sm89.plan", "model.sm89.plan.json"}

@@ -31,6 +31,11 @@ from hf2triton.errors import CompatibilityError, MissingDependencyError
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
+
+
+def sidecar_path(plan: Path) -> Path:
+    """Where a plan's build record lives: ``model.plan`` → ``model.plan.json``."""
+    return plan.with_name(plan.name + SIDECAR_SUFFIX)
 # TensorRT major.minor inside each NGC release (NVIDIA's frameworks support matrix). The
 # tritonserver and tensorrt images of one release carry the same TensorRT.
 RELEASE_TENSORRT = {
@@ -99,7 +104,7 @@ def read_plan_records(repository: Path) -> tuple[list[PlanRecord], list[str]]:
     """Every ``*.plan`` under ``repository`` with its sidecar; problems for missing or bad sidecars."""
     records, problems = [], []
     for plan in find_plans(repository):
-        sidecar = plan.with_name(plan.name + SIDECAR_SUFFIX)
+        sidecar = sidecar_path(plan)
         shown = plan.relative_to(repository)
         try:
             raw = json.loads(sidecar.read_text())

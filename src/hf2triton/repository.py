@@ -45,6 +45,7 @@ from hf2triton.backends.fused import AnswerSettings
 from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.checkpoint import Checkpoint
+from hf2triton.compat import sidecar_path
 from hf2triton.errors import RepositoryError
 from hf2triton.tasks import HIDDEN
 from hf2triton.triton_config import (
@@ -540,7 +541,7 @@ def model_step_files(
     for capability, plan in sorted(plans.items()):
         filename = "model.plan" if len(plans) == 1 else f"model.sm{capability.replace('.', '')}.plan"
         files[filename] = plan
-        files[f"{filename}.json"] = plan.with_name(plan.name + ".json")
+        files[sidecar_path(Path(filename)).name] = sidecar_path(plan)
         cc_plans[capability] = filename
     return build_platform_model(platform_step(model, serving, cc_plans if len(plans) > 1 else {})), files
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from hf2triton.compat import sidecar_path
 from hf2triton.errors import ExportError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class EngineInfo:
     profiles: list[dict] = field(default_factory=list)
 
     def write_sidecar(self, plan: Path) -> Path:
-        sidecar = plan.with_name(plan.name + ".json")
+        sidecar = sidecar_path(plan)
         sidecar.write_text(json.dumps(asdict(self), indent=2) + "\n")
         return sidecar
 
