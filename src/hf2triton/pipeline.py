@@ -142,6 +142,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
         settings = tokenizer_settings(tokenizer_json, checkpoint, options.max_text_bytes)
         entities = entity_settings(tokenizer_json, checkpoint, options.aggregation)
+        tokenizer = served_tokenizer(tokenizer_json, settings)
         model = load_torch_model(checkpoint)
         seconds["load"] = time.perf_counter() - start
         mark = time.perf_counter()
@@ -149,13 +150,12 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         seconds["export"] = time.perf_counter() - mark
         mark = time.perf_counter()
         report = check_parity(
-            model, onnx_file, checkpoint, served_tokenizer(tokenizer_json, settings), settings, atol=options.atol
+            model, onnx_file, checkpoint, tokenizer, settings, atol=options.atol
         )
         seconds["parity"] = time.perf_counter() - mark
         require_parity(report, options.allow_parity_failure)
         mark = time.perf_counter()
-        variants, rejected = build_variants(onnx_file, work, checkpoint,
-                                            served_tokenizer(tokenizer_json, settings), settings, options.variants)
+        variants, rejected = build_variants(onnx_file, work, checkpoint, tokenizer, settings, options.variants)
         seconds["variants"] = time.perf_counter() - mark
         grid, notes, served = measure_and_select(variants, settings, options.variants)
         plans = build_engines(variants, work, checkpoint, settings, options) if options.engines else {}
