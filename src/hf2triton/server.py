@@ -847,6 +847,14 @@ def repository_index(server: LocalTritonServer, timeout_s: float = 5.0) -> list[
     return [{k: str(v) for k, v in entry.items()} for entry in entries]
 
 
+@dataclass
+class _ServeState:
+    """What ``serve``'s signal handler and its loop share."""
+
+    stop_requested: bool = False
+    starting: bool = False  # True while start() runs: a signal then aborts it
+
+
 def serve(config: ServerConfig, ready_timeout_s: float = 120, health_watch: bool = True) -> int:
     """Run the server until SIGINT or SIGTERM (Ctrl-C); return an exit status.
 
@@ -855,30 +863,34 @@ def serve(config: ServerConfig, ready_timeout_s: float = 120, health_watch: bool
     With ``health_watch``, a python-backend stub that dies makes it restart the server
     (see :class:`StubWatch`). Raises ServerError when the server does not become ready.
     """
-    stop_requested = threading.Event()
+    # Plain flags, not threading.Event: the handler runs on the main thread, possibly in the
+    # middle of Event.wait(), and Event.set() there deadlocks on the Event's own lock.
+    state = _ServeState()
     server = LocalTritonServer(config)
-    starting = threading.Event()  # set while start() runs: a signal then aborts it
     previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if not stop_requested.is_set():
+        if not state.stop_requested:
             logger.info("received %s, shutting down", name)
-        stop_requested.set()
-        if starting.is_set():
-            starting.clear()  # raise once; a second signal must not interrupt the clean-up
+        state.stop_requested = True
+        if state.starting:
+            state.starting = False  # raise once; a second signal must not interrupt the clean-up
             raise KeyboardInterrupt(name)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, request_stop)
     try:
-        starting.set()
+        state.starting = True
         server.start(ready_timeout_s)
-        starting.clear()
+        state.starting = False
         _log_endpoints(server)
         watch = StubWatch(server) if health_watch else None
-        while not stop_requested.wait(1.0):
+        while True:
+            time.sleep(1.0)  # a signal runs its handler and the sleep goes on (PEP 475)
+            if state.stop_requested:
+                break
             code = server.returncode
             if code is not None:
                 logger.error(
@@ -895,7 +907,7 @@ def serve(config: ServerConfig, ready_timeout_s: float = 120, health_watch: bool
         logger.info("start-up interrupted")
         return 130
     finally:
-        starting.clear()
+        state.starting = False
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
