@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "src"))
 from hf2triton.backends import fused, onnx_model  # noqa: E402
 from hf2triton.backends.tokenizer import load_tokenizer  # noqa: E402
 from hf2triton.perf.corpus import load_texts  # noqa: E402
-from hf2triton.perf.cpu import CpuMeter, cpu_flags  # noqa: E402
+from hf2triton.cpu import CpuMeter, cpu_flags  # noqa: E402
 from hf2triton.perf.report import plot_throughput_latency  # noqa: E402
 from hf2triton.perf.stats import compute_shares  # noqa: E402
 from hf2triton.perf.sweep import PerfPoint, SweepSettings, run_sweep  # noqa: E402
@@ -135,10 +135,10 @@ def torch_pipeline(checkpoint: Path):
 
 def export_variants(root: Path, names: list[str]):
     """Export the default model once (as ``ensemble``), then write every other variant from its files."""
-    from hf2triton.checkpoint import default_checkpoint
+    from hf2triton.export.checkpoint import default_checkpoint
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import write_repository
-    from hf2triton.tokenization import tokenizer_settings
+    from hf2triton.export.tokenization import tokenizer_settings
 
     base = export_checkpoint(ExportOptions(output_dir=root, name="ensemble", serving=VARIANTS["ensemble"]))
     tokenizer_json = root / "ensemble_tokenizer" / "1" / "tokenizer.json"

@@ -16,7 +16,7 @@ import torch
 import transformers
 from tokenizers import ByteLevelBPETokenizer
 
-from hf2triton.checkpoint import default_checkpoint
+from hf2triton.export.checkpoint import default_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 SENTIMENT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
@@ -24,7 +24,7 @@ TOPIC_LABELS = {0: "sports", 1: "politics", 2: "tech", 3: "health"}
 NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 # A tiny config for every supported model type; tests/test_matrix.py fails for a type
-# listed in hf2triton.checkpoint.SUPPORTED_MODEL_TYPES that has none here.
+# listed in hf2triton.export.checkpoint.SUPPORTED_MODEL_TYPES that has none here.
 TINY_CONFIGS = {
     "bert": TINY,
     "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64),

@@ -19,7 +19,7 @@ def checkpoint_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
-    from hf2triton.checkpoint import default_checkpoint
+    from hf2triton.export.checkpoint import default_checkpoint
 
     return default_checkpoint()
 
@@ -64,7 +64,7 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
     layout, and a tiny BERT NER model."""
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
-    from hf2triton.variants import VariantOptions
+    from hf2triton.precision.variants import VariantOptions
 
     root = tmp_path_factory.mktemp("repository") / "model_repository"
     results = {

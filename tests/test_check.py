@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf2triton.compat import RELEASE_TENSORRT, ServingEnvironment, check_repository, detect_environment
+from hf2triton.engines.check import RELEASE_TENSORRT, ServingEnvironment, check_repository, detect_environment
 from hf2triton.errors import CompatibilityError, MissingDependencyError
 
 ROOT = Path(__file__).resolve().parent.parent

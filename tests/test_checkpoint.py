@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from hf2triton.checkpoint import inspect_checkpoint
+from hf2triton.export.checkpoint import inspect_checkpoint
 from hf2triton.errors import CheckpointError
 
 

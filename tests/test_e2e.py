@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import DEFAULT, NER, NER_MAX_LENGTH, SENTIMENT, TOPICS
 from hf2triton.client import AsyncClient, Classification, Client, Embedding, Entities, Entity
 from hf2triton.errors import InvalidInputError, ServerUnavailableError
-from hf2triton.parity import LONG_TEXT, PARITY_TEXTS
+from hf2triton.export.parity import LONG_TEXT, PARITY_TEXTS
 
 pytestmark = pytest.mark.e2e
 
@@ -157,7 +157,7 @@ def test_async_clients_answer_like_the_sync_one(server, protocol):
 
 def test_served_int8_variant_answers_like_the_in_process_int8_model(server, repository):
     """The int8 QDQ ensemble served beside fp32 gives what its ONNX file gives in-process."""
-    from hf2triton.accuracy import task_answers
+    from hf2triton.precision.accuracy import task_answers
     from hf2triton.backends.onnx_model import create_session
     from hf2triton.backends.tokenizer import TokenizerSettings, encode_requests, load_tokenizer
     from hf2triton.triton_config import parse_pbtxt

@@ -9,7 +9,7 @@ from conftest import DEFAULT, TOPICS, TOPICS_FUSED
 from hf2triton.backends import fused, onnx_model, postprocess, tokenizer
 from hf2triton.client import Client
 from hf2triton.errors import RepositoryError
-from hf2triton.parity import PARITY_TEXTS
+from hf2triton.export.parity import PARITY_TEXTS
 from hf2triton.perf.corpus import load_texts
 from hf2triton.perf.sweep import SweepSettings, run_sweep
 from hf2triton.repository import ServingOptions
@@ -65,7 +65,7 @@ def test_model_instances_share_the_cores_unless_threads_are_set():
 
 def test_switching_layout_replaces_the_other_layouts_folders(repository, tmp_path):
     from hf2triton.repository import write_repository
-    from hf2triton.tokenization import tokenizer_settings
+    from hf2triton.export.tokenization import tokenizer_settings
 
     root, results = repository
     result = results[TOPICS]

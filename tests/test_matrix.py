@@ -14,10 +14,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 import checkpoints
-from hf2triton.checkpoint import SUPPORTED_MODEL_TYPES, inspect_checkpoint
+from hf2triton.export.checkpoint import SUPPORTED_MODEL_TYPES, inspect_checkpoint
 from hf2triton.client import Client
 from hf2triton.errors import CheckpointError
-from hf2triton.parity import ENTITY_TEXTS, LONG_TEXT
+from hf2triton.export.parity import ENTITY_TEXTS, LONG_TEXT
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.verify import verify
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TOPICS
 from hf2triton.cli import main
 from hf2triton.perf.corpus import load_texts, texts_of_length
-from hf2triton.perf.cpu import CpuMeter, cpu_flags
+from hf2triton.cpu import CpuMeter, cpu_flags
 from hf2triton.perf.report import CSV_COLUMNS, write_report
 from hf2triton.perf.stats import composing_models, compute_shares, counters_from_stats, step_time
 from hf2triton.perf.sweep import SweepSettings, Window, is_stable, run_sweep
@@ -100,7 +100,7 @@ def test_composing_models_of_an_ensemble_and_a_plain_model():
 
 
 def window(rate: float, latency: float) -> Window:
-    from hf2triton.perf.cpu import CpuUsage
+    from hf2triton.cpu import CpuUsage
 
     return Window(1.0, (latency,) * int(rate), 0.0, 0.0, 0, "", (), CpuUsage(0.0, 0.0))
 

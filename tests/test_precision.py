@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from hf2triton.accuracy import evaluation_set, measure
-from hf2triton.calibration import (CalibrationDataError, packaged_texts, packed_feeds, read_texts,
+from hf2triton.precision.accuracy import evaluation_set, measure
+from hf2triton.precision.calibration import (CalibrationDataError, packaged_texts, packed_feeds, read_texts,
                                    unpadded_feeds)
-from hf2triton.checkpoint import inspect_checkpoint
-from hf2triton.fp16 import guarded_fp16
-from hf2triton.onnx_export import export_onnx, load_torch_model
-from hf2triton.quantize import QuantizationError, dynamic_int8, exclusion_search, guarded_qdq, weight_nodes
-from hf2triton.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.export.checkpoint import inspect_checkpoint
+from hf2triton.precision.fp16 import guarded_fp16
+from hf2triton.export.onnx_export import export_onnx, load_torch_model
+from hf2triton.precision.quantize import QuantizationError, dynamic_int8, exclusion_search, guarded_qdq, weight_nodes
+from hf2triton.export.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import SENTIMENT, TOPICS
-from hf2triton.parity import PARITY_TEXTS
+from hf2triton.export.parity import PARITY_TEXTS
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.server import free_port
 from load import Load, single_answers

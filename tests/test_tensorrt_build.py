@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hf2triton.errors import ExportError
-from hf2triton.tensorrt_build import EngineSpec, GpuInfo, build_engine, network_flags, shape_profiles
+from hf2triton.engines.build import EngineSpec, GpuInfo, build_engine, network_flags, shape_profiles
 
 
 class Recorder:

@@ -13,9 +13,9 @@ import checkpoints
 from hf2triton.backends import postprocess
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import encode_requests
-from hf2triton.checkpoint import inspect_checkpoint
+from hf2triton.export.checkpoint import inspect_checkpoint
 from hf2triton.errors import CheckpointError
-from hf2triton.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.export.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
 
 NER_TEXTS = (
     "John Smith lives in New York and works for Acme Corporation in Berlin.",
@@ -36,7 +36,7 @@ class ServedSteps:
     """The served tokenizer → ONNX → postprocess path, in process."""
 
     def __init__(self, checkpoint_dir, workdir, aggregation="simple"):
-        from hf2triton.onnx_export import export_onnx, load_torch_model
+        from hf2triton.export.onnx_export import export_onnx, load_torch_model
 
         self.checkpoint = inspect_checkpoint(checkpoint_dir)
         self.tokenizer_json = write_tokenizer_json(self.checkpoint, workdir / "tokenizer.json")

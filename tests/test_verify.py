@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import DEFAULT, NER, SENTIMENT, TOPICS
-from hf2triton.parity import VERIFY_TEXTS
+from hf2triton.export.parity import VERIFY_TEXTS
 from hf2triton.verify import Tolerance, checkpoint_from_manifest, verify
 
 pytestmark = pytest.mark.e2e

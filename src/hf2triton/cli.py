@@ -15,7 +15,7 @@ log = logging.getLogger("hf2triton")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from hf2triton.onnx_export import DEFAULT_OPSET
+    from hf2triton.export.onnx_export import DEFAULT_OPSET
     from hf2triton.contract import DEFAULT_MODEL_NAME
     from hf2triton.backends.postprocess import AGGREGATIONS
     from hf2triton.pipeline import DEFAULT_MAX_TEXT_BYTES
@@ -112,7 +112,7 @@ def version_policy(text: str):
 def run_export(args: argparse.Namespace) -> int:
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import ServingOptions
-    from hf2triton.variants import VariantOptions
+    from hf2triton.precision.variants import VariantOptions
 
     serving = ServingOptions(
         max_batch_size=args.max_batch_size,
@@ -168,7 +168,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def print_variants(result) -> None:
     """A readable table of the precision variants: accuracy, size, speed vs fp32."""
-    from hf2triton.variants import throughput_ratio
+    from hf2triton.precision.variants import throughput_ratio
 
     if len(result.variants) + len(result.rejected) < 2:
         return
@@ -300,7 +300,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from hf2triton.parity import VERIFY_TEXTS
+    from hf2triton.export.parity import VERIFY_TEXTS
     from hf2triton.verify import Tolerance, checkpoint_from_manifest, read_texts, verify
 
     if args.checkpoint is not None:
@@ -364,7 +364,7 @@ def add_perf_arguments(parser: argparse.ArgumentParser) -> None:
 def run_perf(args: argparse.Namespace) -> int:
     """Sweep a running server; print one line per point and where the files went."""
     from hf2triton.perf.corpus import load_texts
-    from hf2triton.perf.cpu import cpu_flags, meter_for_port
+    from hf2triton.cpu import cpu_flags, meter_for_port
     from hf2triton.perf.report import write_report
     from hf2triton.perf.sweep import SweepSettings, run_sweep
 
@@ -445,7 +445,7 @@ def pinned_release(repository_root: Path = Path(".")) -> str | None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from hf2triton.compat import check_repository, detect_environment, find_plans
+    from hf2triton.engines.check import check_repository, detect_environment, find_plans
 
     if args.model_repository.is_dir() and not find_plans(args.model_repository):
         print(f"no TensorRT plans in {args.model_repository}: nothing to check")

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from hf2triton.backends.postprocess import AGGREGATIONS
 from hf2triton.contract import DEFAULT_MODEL_NAME
-from hf2triton.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
+from hf2triton.export.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import CheckpointError
-from hf2triton.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
-from hf2triton.peft_merge import is_adapter, merge_adapter
-from hf2triton.parity import ParityReport, check_parity, require_parity
+from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
+from hf2triton.export.peft import is_adapter, merge_adapter
+from hf2triton.export.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, ServingOptions, write_repository
-from hf2triton.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
-from hf2triton.variants import GridCell, Variant, VariantOptions, benchmark_grid, build_variants, select_variant
+from hf2triton.export.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.precision.variants import GridCell, Variant, VariantOptions, benchmark_grid, build_variants, select_variant
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if options.engines:  # fail before any work when engines cannot be built here
-        from hf2triton.tensorrt_build import check_engine_prerequisites
+        from hf2triton.engines.build import check_engine_prerequisites
 
         check_engine_prerequisites()
     is_default = options.checkpoint is None
@@ -203,7 +203,7 @@ def measure_and_select(
 
 def build_engines(variants: list[Variant], work: Path, checkpoint: Checkpoint, settings, options: ExportOptions):
     """TensorRT plans from the most compact variant the engine can take (int8 QDQ, else fp16)."""
-    from hf2triton.tensorrt_build import EngineSpec, build_engine, check_engine_prerequisites
+    from hf2triton.engines.build import EngineSpec, build_engine, check_engine_prerequisites
 
     trt, gpu = check_engine_prerequisites()
     by_name = {v.name: v for v in variants}

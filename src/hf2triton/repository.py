@@ -44,8 +44,8 @@ from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
 from hf2triton.backends.fused import AnswerSettings
 from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
-from hf2triton.checkpoint import Checkpoint
-from hf2triton.compat import sidecar_path
+from hf2triton.export.checkpoint import Checkpoint
+from hf2triton.engines.check import sidecar_path
 from hf2triton.errors import RepositoryError
 from hf2triton.tasks import HIDDEN
 from hf2triton.triton_config import (

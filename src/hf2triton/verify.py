@@ -27,7 +27,7 @@ import numpy as np
 
 from hf2triton.client import Classification, Client, Embedding, Entities, ModelInfo, Result
 from hf2triton.errors import CheckpointError
-from hf2triton.parity import VERIFY_TEXTS
+from hf2triton.export.parity import VERIFY_TEXTS
 from hf2triton.repository import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo
     """sentence-transformers for its checkpoints; else AutoModel with the detected pooling."""
     import torch
 
-    from hf2triton.checkpoint import sentence_transformers_pooling
+    from hf2triton.export.checkpoint import sentence_transformers_pooling
 
     if (checkpoint / "modules.json").exists():
         from sentence_transformers import SentenceTransformer

@@ -2,7 +2,7 @@
 perf_analyzer input data for the Triton SDK container, and contention accounting.
 
 Modules: ``corpus`` (real sample texts), ``inputs`` (perf_analyzer ``--input-data``
-JSON), ``cpu`` (how busy the machine was, from /proc), ``stats`` (Triton's statistics
+JSON), ``stats`` (Triton's statistics
 API → per-step queue and compute), ``sweep`` (asyncio load over a concurrency range,
 stability windows), ``report`` (CSV, JSON, PNG plots). Importing this package is
 cheap; only ``sweep`` and ``report`` pull in tritonclient and matplotlib.

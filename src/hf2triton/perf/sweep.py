@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hf2triton.errors import ClientError, Hf2TritonError
-from hf2triton.perf.cpu import CpuMeter, CpuUsage
+from hf2triton.cpu import CpuMeter, CpuUsage
 from hf2triton.perf.stats import (
     ModelCounters,
     ServerTime,

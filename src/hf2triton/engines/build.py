@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from hf2triton.compat import sidecar_path
+from hf2triton.engines.check import sidecar_path
 from hf2triton.errors import ExportError, MissingDependencyError
 
 log = logging.getLogger(__name__)

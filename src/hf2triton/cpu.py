@@ -1,4 +1,4 @@
-"""How busy the machine was during a measurement, and how much of that was someone else.
+"""How busy the machine is, from /proc: CPU flags, other processes' CPU use during a measurement.
 
 These machines are shared: a benchmark cell measured while other processes ran can
 move by 20 %. :class:`CpuMeter` samples ``/proc/stat`` (all CPU time) and the CPU time

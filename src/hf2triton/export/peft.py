@@ -14,7 +14,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from hf2triton.checkpoint import read_json
+from hf2triton.export.checkpoint import read_json
 from hf2triton.errors import CheckpointError
 
 log = logging.getLogger(__name__)

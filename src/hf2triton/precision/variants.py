@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hf2triton.accuracy import Accuracy, evaluation_set, measure
+from hf2triton.precision.accuracy import Accuracy, evaluation_set, measure
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import TokenizerSettings
-from hf2triton.calibration import packaged_texts, packed_feeds, read_texts, unpadded_feeds
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.precision.calibration import packaged_texts, packed_feeds, read_texts, unpadded_feeds
+from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
-from hf2triton.perf.cpu import CpuMeter
-from hf2triton.fp16 import guarded_fp16
-from hf2triton.quantize import dynamic_int8, guarded_qdq
+from hf2triton.cpu import CpuMeter
+from hf2triton.precision.fp16 import guarded_fp16
+from hf2triton.precision.quantize import dynamic_int8, guarded_qdq
 
 log = logging.getLogger(__name__)
 

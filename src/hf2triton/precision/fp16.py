@@ -16,8 +16,8 @@ from pathlib import Path
 
 import onnx
 
-from hf2triton.accuracy import Accuracy, EvaluationSet, measure
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.precision.accuracy import Accuracy, EvaluationSet, measure
+from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
 
 log = logging.getLogger(__name__)

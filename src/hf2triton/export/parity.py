@@ -21,7 +21,7 @@ import torch
 from hf2triton.backends import postprocess
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import TokenizerSettings, encode_requests
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError, ParityError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 
 from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings, default_buckets, load_tokenizer
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import CheckpointError
 
 

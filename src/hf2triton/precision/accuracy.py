@@ -15,7 +15,7 @@ import numpy as np
 from hf2triton.backends import postprocess
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import TokenBatch, TokenizerSettings, encode_requests
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.export.checkpoint import Checkpoint
 
 DEFAULT_MIN_COSINE = 0.99
 DEFAULT_MIN_AGREEMENT = 0.99

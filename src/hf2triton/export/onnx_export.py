@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
 
 log = logging.getLogger(__name__)

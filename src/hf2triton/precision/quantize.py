@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from hf2triton.accuracy import Accuracy, EvaluationSet, measure
-from hf2triton.calibration import TokenFeeds
-from hf2triton.checkpoint import Checkpoint
+from hf2triton.precision.accuracy import Accuracy, EvaluationSet, measure
+from hf2triton.precision.calibration import TokenFeeds
+from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
 
 log = logging.getLogger(__name__)
