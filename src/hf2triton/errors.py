@@ -4,6 +4,7 @@ Every error the library raises on purpose derives from one root, so callers can
 catch ``Hf2TritonError`` and print its message; the CLI does exactly that::
 
     Hf2TritonError
+    ├── OptionsError           an option or setting is invalid (also a ValueError)
     ├── CheckpointError        the checkpoint directory is missing files or unsupported
     ├── ExportError            torch → ONNX export failed
     │   └── ParityError        the ONNX file disagrees with PyTorch beyond tolerance
@@ -21,6 +22,10 @@ from __future__ import annotations
 
 class Hf2TritonError(Exception):
     """Root of every error hf2triton raises on purpose."""
+
+
+class OptionsError(Hf2TritonError, ValueError):
+    """An option or setting is invalid; the message names it and the accepted values."""
 
 
 class CheckpointError(Hf2TritonError):
