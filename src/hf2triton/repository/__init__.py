@@ -1,40 +1,44 @@
-"""The Triton model repository: configs (protobuf), layout and naming, version planning,
-crash-safe installation, and the assembly of an export (:func:`write_repository`)."""
+"""The Triton model repository of an export, one module per job:
 
-from hf2triton.repository.assembly import RepositorySpec, write_repository
-from hf2triton.repository.configs import (
-    Batching,
-    Ensemble,
-    EnsembleStep,
-    PlatformModel,
-    PythonModel,
-    Tensor,
-    VersionPolicy,
-    WarmupSample,
-    build_ensemble,
-    build_platform_model,
-    build_python_model,
-    parse_pbtxt,
-    to_pbtxt,
-)
-from hf2triton.repository.install import DIR_MODE, FILE_MODE, KILL_POINT_ENV, KILL_POINTS, recover_repository
-from hf2triton.repository.layout import (
-    BACKENDS,
-    DEFAULT_LAYOUT,
-    LAYOUTS,
-    MANIFEST,
-    RepositoryLayout,
-    ServingOptions,
-    variant_ensemble,
-    variant_model,
-)
-from hf2triton.repository.models import model_step_files, repository_models
-from hf2triton.repository.versions import VersionPlan, plan_version
+- :mod:`~hf2triton.repository.configs`: model configs built as protobuf, to and from pbtxt;
+- :mod:`~hf2triton.repository.layout`: serving options, naming of the ensemble, steps and
+  variants, and which folder belongs to which model (collisions);
+- :mod:`~hf2triton.repository.models`: the configs and files of every model of an export;
+- :mod:`~hf2triton.repository.versions`: which version an export writes, and whether it may;
+- :mod:`~hf2triton.repository.install`: staging, journaled crash-safe moves, recovery;
+- :mod:`~hf2triton.repository.assembly`: :func:`write_repository` over a :class:`RepositorySpec`.
 
-__all__ = [
-    "BACKENDS", "DEFAULT_LAYOUT", "DIR_MODE", "FILE_MODE", "KILL_POINTS", "KILL_POINT_ENV", "LAYOUTS", "MANIFEST",
-    "Batching", "Ensemble", "EnsembleStep", "PlatformModel", "PythonModel", "RepositoryLayout", "RepositorySpec",
-    "ServingOptions", "Tensor", "VersionPlan", "VersionPolicy", "WarmupSample", "build_ensemble",
-    "build_platform_model", "build_python_model", "model_step_files", "parse_pbtxt", "plan_version",
-    "recover_repository", "repository_models", "to_pbtxt", "variant_ensemble", "variant_model", "write_repository",
-]
+Names are re-exported here lazily, so that importing ``hf2triton.repository.layout`` (the CLI's
+choices) does not load ONNX Runtime through the step code.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "assembly": ("RepositorySpec", "write_repository"),
+    "configs": ("Batching", "Ensemble", "EnsembleStep", "PlatformModel", "PythonModel", "Tensor", "VersionPolicy",
+                "WarmupSample", "build_ensemble", "build_platform_model", "build_python_model", "parse_pbtxt",
+                "to_pbtxt"),
+    "install": ("DIR_MODE", "FILE_MODE", "KILL_POINTS", "KILL_POINT_ENV", "recover_repository"),
+    "layout": ("BACKENDS", "DEFAULT_LAYOUT", "LAYOUTS", "MANIFEST", "RepositoryLayout", "ServingOptions",
+               "variant_ensemble", "variant_model"),
+    "models": ("model_step_files", "repository_models"),
+    "versions": ("VersionPlan", "plan_version"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
