@@ -239,3 +239,34 @@ def test_a_retrained_sharded_checkpoint_becomes_the_next_version(retrained, tmp_
     next(second.glob("model-*.safetensors")).unlink()
     with pytest.raises(CheckpointError, match="names shards that are not in"):
         fingerprint(second)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_an_error_midway_rolls_back_in_process(base, tmp_path, monkeypatch, exchange):
+    """The same rollback as after a kill, for an error (or Ctrl-C) inside the installation; also
+    where the kernel cannot exchange two paths and a replacement takes two renames."""
+    from hf2triton.repository import install
+
+    root = tmp_path / "repo"
+    write_repository(spec(base, root, "m", variants={"fp16": base.layout.onnx_file}))
+    before = snapshot(root)
+
+    def stop_at(point: str) -> None:
+        if point == "half":
+            raise Interrupted(point)
+
+    if not exchange:
+        monkeypatch.setattr(install, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(install, "crash_point", stop_at)
+    for changes in ({"overwrite": True}, {"version": 3}, {"serving": ServingOptions(layout="fused")}):
+        with pytest.raises(Interrupted):
+            write_repository(spec(base, root, "m", **changes))
+        assert snapshot(root) == before, changes
+        assert not work_dir(root).exists()
+    monkeypatch.setattr(install, "crash_point", lambda point: None)
+    assert write_repository(spec(base, root, "m", version=3)).version == 3
+    assert versions(root, "m_tokenizer") == ["1", "3"] and versions(root, "m_fp16") == ["1"]
