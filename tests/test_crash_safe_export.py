@@ -72,7 +72,9 @@ def spec(base: ExportResult, root: Path, name: str, **changes) -> RepositorySpec
 
 
 def killed_export(checkpoint: Path, root: Path, point: str, overwrite: bool = False, max_length: int = 0) -> None:
-    env = {**os.environ, KILL_POINT_ENV: point}
+    scratch = root.parent / "tmp"  # the killed process cannot remove its temporary folder: keep it here
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, KILL_POINT_ENV: point, "TMPDIR": str(scratch)}
     result = subprocess.run(
         [sys.executable, "-c", EXPORT_SCRIPT, str(checkpoint), str(root), NAME,
          "overwrite" if overwrite else "", str(max_length)],
