@@ -272,3 +272,14 @@ def test_an_error_midway_rolls_back_in_process(base, tmp_path, monkeypatch, exch
     monkeypatch.setattr(install, "crash_point", lambda point: None)
     assert write_repository(spec(base, root, "m", version=3)).version == 3
     assert versions(root, "m_tokenizer") == ["1", "3"] and versions(root, "m_fp16") == ["1"]
+
+
+def test_leftovers_of_the_previous_exporter_are_recovered(base, tmp_path):
+    """Before the journal, a replaced model was renamed ``.NAME.old`` inside the repository."""
+    root = tmp_path / "repo"
+    write_repository(spec(base, root, "m"))
+    (root / "m_model").rename(root / ".m_model.old")  # killed between its two renames
+    shutil.copytree(root / "m", root / ".m.old")  # killed after the move, before the cleanup
+    (root / ".notes.old").mkdir()  # not a model folder: left alone
+    assert sorted(recover_repository(root)) == ["removed the leftover .m.old", "restored m_model from .m_model.old"]
+    assert sorted(p.name for p in root.iterdir()) == [".notes.old", "m", "m_model", "m_postprocess", "m_tokenizer"]

@@ -239,7 +239,7 @@ def _recover_legacy(root: Path) -> list[str]:
     done = []
     for old in sorted(root.glob(".*.old")):
         model = root / old.name[1:-4]
-        if not old.is_dir() or not old.name[1:-4]:
+        if not old.name[1:-4] or not (old / "config.pbtxt").is_file():  # only model folders moved aside
             continue
         if model.exists():
             shutil.rmtree(old)
