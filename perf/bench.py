@@ -104,7 +104,7 @@ def measure_in_process(name: str, call, texts: list[str], batch: int, seconds: f
 def ort_pipeline(repository: Path, name: str):
     """The served steps' own code, in-process: tokenize + ONNX Runtime + postprocess."""
     from hf2triton.backends.tokenizer import TokenizerSettings
-    from hf2triton.triton_config import parse_pbtxt
+    from hf2triton.repository import parse_pbtxt
 
     config = parse_pbtxt((repository / f"{name}_tokenizer" / "config.pbtxt").read_text())
     settings = TokenizerSettings.from_json(config.parameters["settings"].string_value)
@@ -137,16 +137,13 @@ def export_variants(root: Path, names: list[str]):
     """Export the default model once (as ``ensemble``), then write every other variant from its files."""
     from hf2triton.export.checkpoint import default_checkpoint
     from hf2triton.pipeline import ExportOptions, export_checkpoint
-    from hf2triton.repository import write_repository
-    from hf2triton.export.tokenization import tokenizer_settings
+    from hf2triton.repository import RepositorySpec, write_repository
 
     base = export_checkpoint(ExportOptions(output_dir=root, name="ensemble", serving=VARIANTS["ensemble"]))
-    tokenizer_json = root / "ensemble_tokenizer" / "1" / "tokenizer.json"
-    settings = tokenizer_settings(tokenizer_json, base.checkpoint, 64 * 1024)
     for name in names:
         if name != "ensemble":
-            write_repository(root, name, base.checkpoint, base.layout.onnx_file, tokenizer_json, settings,
-                             VARIANTS[name], {"variant": name}, {})
+            write_repository(RepositorySpec(root, name, base.checkpoint, base.layout.onnx_file, base.tokenizer_json,
+                                            base.settings, VARIANTS[name], manifest={"variant": name}))
     return default_checkpoint()
 
 

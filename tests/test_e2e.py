@@ -160,7 +160,7 @@ def test_served_int8_variant_answers_like_the_in_process_int8_model(server, repo
     from hf2triton.precision.accuracy import task_answers
     from hf2triton.backends.onnx_model import create_session
     from hf2triton.backends.tokenizer import TokenizerSettings, encode_requests, load_tokenizer
-    from hf2triton.triton_config import parse_pbtxt
+    from hf2triton.repository import parse_pbtxt
 
     root, results = repository
     texts = [text[:300] for text in TEXTS[:8]]  # the topics model's byte limit is 2000

@@ -15,7 +15,7 @@ from hf2triton import contract
 from hf2triton.backends import onnx_model, postprocess, tokenizer
 from hf2triton.errors import ParityError, RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
-from hf2triton.triton_config import parse_pbtxt
+from hf2triton.repository import parse_pbtxt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from hf2triton.export.parity import PARITY_TEXTS
 from hf2triton.perf.corpus import load_texts
 from hf2triton.perf.sweep import SweepSettings, run_sweep
 from hf2triton.repository import ServingOptions
-from hf2triton.triton_config import parse_pbtxt
+from hf2triton.repository import parse_pbtxt
 
 TEXTS = list(PARITY_TEXTS)
 
@@ -64,20 +64,18 @@ def test_model_instances_share_the_cores_unless_threads_are_set():
 
 
 def test_switching_layout_replaces_the_other_layouts_folders(repository, tmp_path):
-    from hf2triton.repository import write_repository
-    from hf2triton.export.tokenization import tokenizer_settings
+    from hf2triton.repository import RepositorySpec, write_repository
 
     root, results = repository
     result = results[TOPICS]
-    tokenizer_json = root / f"{TOPICS}_tokenizer" / "1" / "tokenizer.json"
-    settings = tokenizer_settings(tokenizer_json, result.checkpoint, 2000)
     target = tmp_path / "model_repository"
 
     manifest = {"checkpoint": {"fingerprint": result.checkpoint.fingerprint}}
 
     def write(layout: str):  # the same checkpoint again: no --overwrite needed
-        return write_repository(target, "m", result.checkpoint, result.layout.onnx_file, tokenizer_json, settings,
-                                ServingOptions(layout=layout), manifest, {})
+        return write_repository(RepositorySpec(target, "m", result.checkpoint, result.layout.onnx_file,
+                                               result.tokenizer_json, result.settings, ServingOptions(layout=layout),
+                                               manifest))
 
     write("ensemble")
     assert sorted(p.name for p in target.iterdir()) == ["m", "m_model", "m_postprocess", "m_tokenizer"]

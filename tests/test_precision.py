@@ -172,7 +172,7 @@ def test_export_with_variants_writes_side_by_side_ensembles_and_a_report(tmp_pat
 
 
 def test_onnxruntime_backend_flavour(tmp_path, tiny_checkpoint):
-    from hf2triton.triton_config import parse_pbtxt
+    from hf2triton.repository import parse_pbtxt
 
     result = run_export(str(tiny_checkpoint("roberta")), "-o", str(tmp_path), "-n", "clf", "--backend",
                         "onnxruntime", "--ort-tensorrt-precision", "FP16", "--precision", "fp32,int8",

@@ -169,7 +169,7 @@ def test_one_profile_per_bucket(tmp_path):
 
 def test_tensorrt_flavour_lists_one_plan_per_gpu_with_its_sidecar(tmp_path):
     from hf2triton.repository import ServingOptions, model_step_files
-    from hf2triton.triton_config import PythonModel, Tensor
+    from hf2triton.repository import PythonModel, Tensor
 
     plans = {}
     for capability in ("8.6", "8.9"):

@@ -19,7 +19,7 @@ from hf2triton.errors import RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.repository import ServingOptions
 from hf2triton.server import LocalTritonServer, ServerConfig, repository_index, watch_and_restart
-from hf2triton.triton_config import VersionPolicy, parse_pbtxt
+from hf2triton.repository import VersionPolicy, parse_pbtxt
 from load import Load, single_answers
 
 NAME = "clf"

@@ -101,7 +101,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def version_policy(text: str):
     from hf2triton.errors import RepositoryError
-    from hf2triton.triton_config import VersionPolicy
+    from hf2triton.repository import VersionPolicy
 
     try:
         return VersionPolicy.parse(text)

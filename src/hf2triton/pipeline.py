@@ -15,14 +15,15 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from hf2triton.backends.postprocess import AGGREGATIONS
+from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
+from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.contract import DEFAULT_MODEL_NAME
 from hf2triton.export.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import CheckpointError
 from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
 from hf2triton.export.peft import is_adapter, merge_adapter
 from hf2triton.export.parity import ParityReport, check_parity, require_parity
-from hf2triton.repository import RepositoryLayout, ServingOptions, write_repository
+from hf2triton.repository import RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, write_repository
 from hf2triton.export.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
 from hf2triton.precision.variants import GridCell, Variant, VariantOptions, benchmark_grid, build_variants, select_variant
 
@@ -76,6 +77,13 @@ class ExportResult:
     served: str = "fp32"
     grid: tuple[GridCell, ...] = ()
     notes: tuple[str, ...] = ()
+    settings: TokenizerSettings | None = None  # what the tokenizer step (or fused model) was given
+    entities: EntitySettings | None = None  # token classification: the postprocess step's entity settings
+
+    @property
+    def tokenizer_json(self) -> Path:
+        """The served tokenizer.json, in the repository (step paths live in the layout)."""
+        return self.layout.tokenizer_file
 
 
 def model_name(options: ExportOptions, checkpoint_path: Path, is_default: bool) -> str:
@@ -131,6 +139,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         from hf2triton.engines.build import check_engine_prerequisites
 
         check_engine_prerequisites()
+    recover_repository(options.output_dir)  # an interrupted export must not stay half-installed meanwhile
     is_default = options.checkpoint is None
     path = default_checkpoint() if is_default else Path(options.checkpoint)
     with tempfile.TemporaryDirectory(prefix="hf2triton-export-") as tmp:
@@ -165,26 +174,26 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             "parity": asdict(report),
             "report": variant_report(variants, rejected, served, grid, notes, plans),
         }
-        layout = write_repository(
-            options.output_dir,
-            name,
-            checkpoint,
-            served.path,
-            tokenizer_json,
-            settings,
-            options.serving,
-            build_manifest(name, checkpoint, options, settings, path),
-            reports,
+        layout = write_repository(RepositorySpec(
+            root=options.output_dir,
+            name=name,
+            checkpoint=checkpoint,
+            onnx_file=served.path,
+            tokenizer_json=tokenizer_json,
+            settings=settings,
+            serving=options.serving,
+            manifest=build_manifest(name, checkpoint, options, settings, path),
+            reports=reports,
             overwrite=options.overwrite,
+            version=options.version,
             variants=extra,
             plans=plans,
             entities=entities,
-            version=options.version,
-        )
+        ))
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
     return ExportResult(layout, checkpoint, report, seconds, tuple(variants), tuple(rejected.items()), served.name,
-                        tuple(grid), tuple(notes))
+                        tuple(grid), tuple(notes), settings, entities)
 
 
 def measure_and_select(

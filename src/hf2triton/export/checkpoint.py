@@ -25,7 +25,7 @@ SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "electr
 # Families whose position ids start after the padding index (max length = positions - pad - 1).
 OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
 FIXED_PADDING_INDEX = {"mpnet": 1}  # MPNetEmbeddings hard-codes padding_idx = 1
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 ST_POOLING_FLAGS = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
@@ -66,11 +66,31 @@ def read_json(path: Path) -> dict:
 
 
 def weight_files(path: Path) -> list[Path]:
-    return [path / name for name in WEIGHT_FILES if (path / name).exists()]
+    """The checkpoint's weight files; a sharded checkpoint's index is followed by every shard it names."""
+    files = []
+    for name in WEIGHT_FILES:
+        if (path / name).exists():
+            files.append(path / name)
+            if name.endswith(".index.json"):
+                files.extend(shard_files(path, path / name))
+    return files
+
+
+def shard_files(path: Path, index: Path) -> list[Path]:
+    """The shards a ``*.index.json`` maps weights to, in name order; a missing one is an error."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map naming the checkpoint's shards")
+    shards = [path / name for name in sorted(set(map(str, weight_map.values())))]
+    missing = [shard.name for shard in shards if not shard.is_file() or shard.parent != path]
+    if missing:
+        raise CheckpointError(f"{index} names shards that are not in {path}: {', '.join(missing)}")
+    return shards
 
 
 def fingerprint(path: Path) -> str:
-    """Identify a checkpoint: config.json plus each weight file's name and contents.
+    """Identify a checkpoint: config.json plus each weight file's name and contents (every shard
+    of a sharded checkpoint, not only its index: a retrained model keeps the same index).
 
     Contents, not sizes: a model fine-tuned again has weight files of the same size, and
     the repository writer tells versions apart by this fingerprint (~1 s per GB).
