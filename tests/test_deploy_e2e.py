@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from deploy_files import load_compose, read_env_file
-from hf2triton.server import (
+from hf2triton.serving import (
     LocalTritonServer,
     ServerConfig,
     find_bundled_tritonserver,
