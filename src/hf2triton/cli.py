@@ -262,12 +262,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_health(args: argparse.Namespace) -> int:
-    from hf2triton.serving import check_health
+    from hf2triton.serving.health import run_health as check_and_print
 
-    report = check_health(args.url, timeout_s=args.timeout, server_pid=args.pid)
-    print(("healthy: " if report.healthy else "unhealthy: ") + report.reason,
-          file=sys.stdout if report.healthy else sys.stderr)
-    return 0 if report.healthy else 1
+    return check_and_print(args)
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -510,9 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Liveness check for health checks and probes: asks the server at --url whether it is live "
         "and ready, and looks (in /proc, so run it where the server runs) for every stub its loaded python-backend "
         "models need. Exits 1 with the reason otherwise.")
-    health.add_argument("--url", default="127.0.0.1:8000", help="host:port of the HTTP endpoint (default: %(default)s)")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default: %(default)s)")
-    health.add_argument("--pid", type=int, help="the tritonserver's pid (default: the process listening on the port)")
+    from hf2triton.serving.health import add_health_arguments
+
+    add_health_arguments(health)
     health.set_defaults(run=run_health)
 
     infer = commands.add_parser("infer", help="send texts to a running server and print the answers")

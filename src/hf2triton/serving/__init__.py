@@ -10,6 +10,8 @@
 Only the standard library is imported here: the CLI and container health checks import it cheaply.
 """
 
+from typing import Any
+
 from hf2triton.serving.config import (
     ADMIN_KEY_ENV,
     DEFAULT_GRPC_PORT,
@@ -29,7 +31,6 @@ from hf2triton.serving.distribution import (
     prepare_backend_directory,
     server_environment,
 )
-from hf2triton.serving.health import HealthReport, check_health
 from hf2triton.serving.process import LocalTritonServer, repository_index
 from hf2triton.serving.serve import serve
 from hf2triton.serving.watch import (
@@ -69,3 +70,13 @@ __all__ = [
     "supervise",
     "watch_and_restart",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # health is imported on first use: ``python -m hf2triton.serving.health`` (the container
+    # probe) must not find it imported already by the package (runpy warns about that).
+    if name in ("HealthReport", "check_health"):
+        from hf2triton.serving import health
+
+        return getattr(health, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

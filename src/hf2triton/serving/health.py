@@ -8,12 +8,18 @@ ready), then compares the instances every loaded python-backend model version sh
 processes of the server in /proc. It runs where the server's processes are visible: on
 the same machine, or inside the same container (``docker compose`` health check,
 Kubernetes exec probe). It is stateless: no admin key is needed (it reads only open APIs).
+
+``python3 -m hf2triton.serving.health`` is the same check without the CLI: it imports the
+standard library only, so it runs in the Triton image, where hf2triton is installed
+without its export dependencies, and starts fast enough for a probe every few seconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 import time
 import urllib.error
 from collections import Counter
@@ -24,7 +30,7 @@ from urllib.parse import quote
 from hf2triton.serving.process import http_request
 from hf2triton.serving.watch import python_stubs
 
-__all__ = ["HealthReport", "check_health", "server_pid_listening_on"]
+__all__ = ["HealthReport", "add_health_arguments", "check_health", "main", "run_health", "server_pid_listening_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +144,30 @@ def server_pid_listening_on(port: int) -> int | None:
             except OSError:
                 continue
     return None
+
+
+def add_health_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``hf2triton health`` (and ``python -m hf2triton.serving.health``)."""
+    parser.add_argument("--url", default="127.0.0.1:8000", help="host:port of the HTTP endpoint (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default: %(default)s)")
+    parser.add_argument("--pid", type=int, help="the tritonserver's pid (default: the process listening on the port)")
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """Check, print one line (stdout when healthy, stderr otherwise), return the exit status."""
+    report = check_health(args.url, timeout_s=args.timeout, server_pid=args.pid)
+    if report.healthy:
+        sys.stdout.write(f"healthy: {report.reason}\n")
+        return 0
+    sys.stderr.write(f"unhealthy: {report.reason}\n")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hf2triton.serving.health", description=__doc__.split("\n\n")[0])
+    add_health_arguments(parser)
+    return run_health(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

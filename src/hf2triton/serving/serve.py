@@ -26,7 +26,7 @@ __all__ = ["SHUTDOWN_GRACE_S", "serve"]
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 2.5  # in-flight requests get this long after Ctrl-C; then SIGTERM, SIGKILL
+SHUTDOWN_GRACE_S = 2.0  # in-flight requests get this long after Ctrl-C; then SIGTERM (Triton: exit now)
 _Handler = Callable[[int, FrameType | None], object] | int | None
 
 
@@ -67,13 +67,12 @@ def serve(
                 logger.info("start-up interrupted")
                 return 130
             raise
-        _log_endpoints(server)
-        result = supervise(server, policy if health_watch else None, stop, on_restarted=_log_endpoints)
+        result = supervise(server, policy if health_watch else None, stop, on_ready=_log_endpoints)
         if result.exit_status != 0:
             logger.error("%s", result.reason)
         return result.exit_status
     finally:
-        server.stop(timeout_s=SHUTDOWN_GRACE_S, term_timeout_s=0.5, reap_s=1.0)
+        server.stop(timeout_s=SHUTDOWN_GRACE_S, term_timeout_s=0.5, reap_s=0.5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -166,16 +166,19 @@ def supervise(
     server: LocalTritonServer,
     policy: SupervisionPolicy | None,
     should_stop: Callable[[], bool],
-    on_restarted: Callable[[LocalTritonServer], None] | None = None,
+    on_ready: Callable[[LocalTritonServer], None] | None = None,
 ) -> SupervisionResult:
     """Watch a started ``server`` until ``should_stop()``, it exits by itself, or restarts give up.
 
     With ``policy`` None the stubs are not watched (the server's exit still ends the loop).
-    ``on_restarted`` runs after each successful restart (e.g. to log the endpoints).
+    ``on_ready`` runs once the watch knows the running stubs, at the start and after each
+    successful restart (e.g. to log the endpoints and "ready"): a stub that dies after it
+    ran is noticed.
     """
     watch = StubWatch(server, policy.confirm_s) if policy is not None else None
     interval = policy.interval_s if policy is not None else 1.0
     restarts, in_a_row, healthy_since = 0, 0, time.monotonic()
+    _prime(watch, server, on_ready)
     while True:
         if _wait(interval, should_stop):
             return SupervisionResult(0, "stop requested", restarts)
@@ -205,8 +208,15 @@ def supervise(
             return SupervisionResult(outcome.result.exit_status, outcome.result.reason, restarts)
         watch.reset()
         healthy_since = time.monotonic()
-        if on_restarted is not None:
-            on_restarted(server)
+        _prime(watch, server, on_ready)
+
+
+def _prime(watch: StubWatch | None, server: LocalTritonServer, on_ready: Callable[[LocalTritonServer], None] | None) -> None:
+    """Let ``watch`` see the stubs of a freshly started server, then tell ``on_ready``."""
+    if watch is not None:
+        watch.check()
+    if on_ready is not None:
+        on_ready(server)
 
 
 @dataclass(frozen=True)
