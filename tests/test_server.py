@@ -282,3 +282,23 @@ def test_serve_stops_cleanly_on_sigint(echo_repository: Path, tmp_path: Path) ->
             process.wait()
     time.sleep(0.2)  # let the reader drain
     assert _processes_mentioning(str(echo_repository)) == []
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["--http-port", "70000"], "http_port must be in 0..65535, not 70000"),
+        (["--http-port", "9000", "--grpc-port", "9000"], "ports must differ"),
+        (["--restart-backoff", "-1"], "backoff_s must be >= 0, not -1.0"),
+        (["--restart-backoff", "10", "--restart-backoff-max", "1"], "backoff_max_s (1) must be >= backoff_s (10)"),
+        (["--model-control-mode", "explicit"], "--allow-unauthenticated-model-control"),
+    ],
+)
+def test_bad_serve_options_end_in_one_line_and_status_2(tmp_path: Path, options: list[str], expected: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(hf2triton.serving.__file__).resolve().parents[2]))
+    env.pop("TRITON_ADMIN_KEY", None)
+    run = subprocess.run([sys.executable, "-m", "hf2triton.cli", "serve", "--model-repository", str(tmp_path), *options],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert expected in run.stderr
