@@ -9,7 +9,8 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1
 COPY deploy/requirements-triton.txt /opt/hf2triton/requirements-triton.txt
 RUN python3 -m pip install --no-cache-dir -r /opt/hf2triton/requirements-triton.txt
 
-# hf2triton without its export dependencies (torch, transformers): `hf2triton check` only.
+# hf2triton without its export dependencies (torch, transformers): `hf2triton check`, and the
+# health check `python3 -m hf2triton.serving.health` that docker-compose.yml and deploy/k8s run.
 COPY pyproject.toml README.md /opt/hf2triton/
 COPY src /opt/hf2triton/src
 RUN python3 -m pip install --no-cache-dir --no-deps /opt/hf2triton

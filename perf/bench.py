@@ -209,7 +209,7 @@ def measure_variant(server, variant: str, texts: list[str], inproc, torch_run, a
 
 
 def main(argv=None) -> int:
-    from hf2triton.server import LocalTritonServer, ServerConfig
+    from hf2triton.serving import LocalTritonServer, ServerConfig
 
     args = parse_args(argv)
     texts = load_texts()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hf2triton.client import Client
 from hf2triton.contract import DEFAULT_MODEL_NAME
-from hf2triton.server import LocalTritonServer, ServerConfig
+from hf2triton.serving import LocalTritonServer, ServerConfig
 from hf2triton.repository import parse_pbtxt, to_pbtxt
 
 

@@ -91,7 +91,7 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
 @pytest.fixture(scope="session")
 def server(repository, tmp_path_factory):
     """One real tritonserver (the bundled CPU build) on free loopback ports for all e2e tests."""
-    from hf2triton.server import LocalTritonServer, ServerConfig
+    from hf2triton.serving import LocalTritonServer, ServerConfig
 
     root, _ = repository
     log_file = tmp_path_factory.mktemp("server") / "tritonserver.log"

@@ -60,7 +60,7 @@ def tritonserver_help() -> str:
 
 @lru_cache(maxsize=1)
 def _help_text() -> str:
-    from hf2triton.server import find_bundled_tritonserver, server_environment
+    from hf2triton.serving import find_bundled_tritonserver, server_environment
 
     distribution = find_bundled_tritonserver()
     run = subprocess.run(

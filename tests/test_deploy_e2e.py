@@ -3,8 +3,10 @@ restricted APIs it sets up: model control refuses requests without the admin key
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,8 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from deploy_files import load_compose, read_env_file
-from hf2triton.server import (
+from deploy_files import load_compose, load_k8s, read_env_file
+from hf2triton.serving import (
     LocalTritonServer,
     ServerConfig,
     find_bundled_tritonserver,
@@ -24,6 +26,7 @@ from hf2triton.server import (
     server_environment,
 )
 from test_server import ECHO_MODEL_PY, _write_model
+from test_supervision import kill_stubs
 
 pytestmark = pytest.mark.e2e
 KEY = "compose-test-key-0123"
@@ -71,7 +74,7 @@ def compose_server(tmp_path_factory):
             assert process.poll() is None, f"the compose command line did not start: see {log.name}"
             assert time.monotonic() < deadline, "not ready in 60 s"
             time.sleep(0.2)
-        yield base, f"127.0.0.1:{ports['grpc']}"
+        yield base, f"127.0.0.1:{ports['grpc']}", repository
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -86,7 +89,7 @@ def http_ready(base: str) -> int:
 
 
 def test_compose_command_line_runs_and_restricts_model_control(compose_server):
-    base, grpc_url = compose_server
+    base, grpc_url, _ = compose_server
     assert http(f"{base}/v2/models/echo/ready") == 200  # --load-model=* loaded it; metadata stays open
     assert http(f"{base}/v2/repository/index", "POST") == 403
     assert http(f"{base}/v2/repository/models/echo/unload", "POST") == 403
@@ -102,6 +105,33 @@ def test_compose_command_line_runs_and_restricts_model_control(compose_server):
     assert client.is_model_ready("echo")
     headers = {"triton-grpc-protocol-admin-key": KEY}
     assert [m.name for m in client.get_model_repository_index(headers=headers).models] == ["echo"]
+
+
+def container_health_commands(port: str) -> dict[str, list[str]]:
+    """docker-compose.yml's health check and the Kubernetes liveness probe, run here."""
+    compose = load_compose({**read_env_file(), "TRITON_ADMIN_KEY": KEY})["services"]["triton"]["healthcheck"]["test"]
+    deployment = next(doc for _, doc in load_k8s() if doc["kind"] == "Deployment")
+    liveness = deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"]
+    commands = {"compose": compose[1:], "kubernetes": liveness}
+    return {name: [sys.executable if arg == "python3" else arg.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                   for arg in command] for name, command in commands.items()}
+
+
+def test_container_health_checks_see_a_dead_stub(compose_server):
+    """Runs after the test above (it kills the compose server's only stub)."""
+    base, _, repository = compose_server
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    commands = container_health_commands(base.rsplit(":", 1)[1])
+    for name, command in commands.items():
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert run.returncode == 0, (name, run.stdout, run.stderr)
+    kill_stubs(repository, "echo")
+    time.sleep(0.5)
+    assert http_ready(base) == 200  # what the probes asked before: blind to the dead stub
+    for name, command in commands.items():
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert run.returncode == 1, (name, run.stdout)
+        assert "stub(s) dead: echo version 1 instance echo_0_0" in run.stderr, (name, run.stderr)
 
 
 def test_restricted_local_server_refuses_without_key(tmp_path: Path):

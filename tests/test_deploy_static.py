@@ -107,10 +107,33 @@ def test_gpu_is_reserved_for_server_and_builder_only(services):
         assert gpu_devices(services[name]) == []
 
 
+HEALTH_MODULE = ["python3", "-m", "hf2triton.serving.health"]
+
+
+def health_command_problems(command: list[str], http_port: str) -> list[str]:
+    """What is wrong with a container health/liveness command (it must run the stub-aware check)."""
+    problems = []
+    if command[:3] != HEALTH_MODULE:
+        problems.append(f"{command} does not run {' '.join(HEALTH_MODULE)}")
+    options = dict(zip(command[3::2], command[4::2]))
+    if options.get("--url") != f"127.0.0.1:{http_port}":
+        problems.append(f"{command} does not check the server's HTTP port {http_port}")
+    if not (ROOT / "src" / "hf2triton" / "serving" / "health.py").is_file():
+        problems.append("src/hf2triton/serving/health.py is missing")
+    return problems
+
+
 def test_server_health_check_ports_and_command(services):
+    dockerfile = (ROOT / "deploy" / "triton.Dockerfile").read_text()
+    assert "COPY src /opt/hf2triton/src" in dockerfile and "pip install --no-cache-dir --no-deps /opt/hf2triton" in dockerfile
     for name in ("triton", "triton-cpu"):
         service = services[name]
-        assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        http_port = next(a.split("=")[1] for a in service["command"] if a.startswith("--http-port="))
+        assert health_command_problems(test[1:], http_port) == []
+        timeout = float(test[test.index("--timeout") + 1])
+        assert timeout + 1.5 < float(service["healthcheck"]["timeout"].rstrip("s"))  # 1 s confirmation included
         assert service["command"] == services["triton"]["command"]
         args = tritonserver_args(service["command"])
         assert check_tritonserver_args(args) == []
@@ -229,7 +252,10 @@ def test_kubernetes_deployment_probes_service_and_autoscaler_fit_together():
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    liveness = container["livenessProbe"]["exec"]["command"]
+    http_port = next(str(p["containerPort"]) for p in container["ports"] if p["name"] == "http")
+    assert health_command_problems(liveness, http_port) == []
+    assert float(liveness[liveness.index("--timeout") + 1]) + 1.5 < container["livenessProbe"]["timeoutSeconds"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     args = tritonserver_args(container["args"])
@@ -255,3 +281,34 @@ def test_compose_interpolation_helper():
     assert interpolate("${A} ${B:-x} ${EMPTY:-${A}} $$HOME", env) == "1 x 1 $HOME"
     with pytest.raises(KeyError):
         interpolate("${B:?needed}", env)
+
+
+BLOCK_HEAVY = """
+import importlib.abc, runpy, sys
+HEAVY = {"torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers", "tritonclient", "grpc",
+         "optimum", "sentence_transformers", "safetensors", "google", "yaml"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError("not in the Triton image: " + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["health", *sys.argv[1:]]
+runpy.run_module("hf2triton.serving.health", run_name="__main__")
+"""
+
+
+def test_health_module_runs_without_the_export_dependencies():
+    """The image installs hf2triton with --no-deps: the health check must need the standard library only."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", BLOCK_HEAVY, "--url", f"127.0.0.1:{closed_port}", "--timeout", "2"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith(f"unhealthy: tritonserver at http://127.0.0.1:{closed_port} does not answer"), run.stderr
+    assert "Traceback" not in run.stderr

@@ -58,12 +58,13 @@ def test_every_supported_model_type_has_a_tiny_model_and_a_readme_row(tmp_path):
 
 @pytest.fixture(scope="module")
 def matrix_server(tmp_path_factory):
-    from hf2triton.server import LocalTritonServer, ServerConfig
+    from hf2triton.serving import LocalTritonServer, ServerConfig
 
     root = tmp_path_factory.mktemp("matrix") / "model_repository"
     root.mkdir()
     config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0,
-                          model_control_mode="explicit", log_file=root.parent / "tritonserver.log")
+                          model_control_mode="explicit", allow_unauthenticated_model_control=True,
+                          log_file=root.parent / "tritonserver.log")
     with LocalTritonServer(config).start(ready_timeout_s=180) as running:
         yield running, root
 

@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import SENTIMENT, TOPICS
 from hf2triton.export.parity import PARITY_TEXTS
 from hf2triton.pipeline import ExportOptions, export_checkpoint
-from hf2triton.server import free_port
+from hf2triton.serving import free_port
 from load import Load, single_answers
 
 pytestmark = pytest.mark.e2e

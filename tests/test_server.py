@@ -20,9 +20,15 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-import hf2triton.server
-from hf2triton.errors import ServerError
-from hf2triton.server import LocalTritonServer, ServerConfig, find_bundled_tritonserver, free_port
+import hf2triton.serving
+from hf2triton.errors import OptionsError, ServerError
+from hf2triton.serving import (
+    LocalTritonServer,
+    ServerConfig,
+    SupervisionPolicy,
+    find_bundled_tritonserver,
+    free_port,
+)
 
 ECHO_MODEL_PY = textwrap.dedent(
     """
@@ -110,8 +116,41 @@ def test_load_models_needs_explicit_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="explicit"):
         ServerConfig(tmp_path, load_models=("echo",))
     assert "--load-model=echo" in ServerConfig(
-        tmp_path, model_control_mode="explicit", load_models=("echo",)
+        tmp_path, model_control_mode="explicit", load_models=("echo",), restricted_api_key="k" * 16
     ).to_argv(tmp_path)
+
+
+def test_explicit_model_control_needs_a_key_or_an_explicit_allowance(tmp_path: Path) -> None:
+    with pytest.raises(OptionsError, match="allow-unauthenticated-model-control"):
+        ServerConfig(tmp_path, model_control_mode="explicit")
+    open_control = ServerConfig(tmp_path, model_control_mode="explicit", allow_unauthenticated_model_control=True)
+    assert "--model-control-mode=explicit" in open_control.to_argv(tmp_path)
+    assert not any(arg.startswith("--http-restricted-api") for arg in open_control.to_argv(tmp_path))
+    keyed = ServerConfig(tmp_path, model_control_mode="explicit", restricted_api_key="k" * 16)
+    assert any(arg.startswith("--http-restricted-api=model-repository") for arg in keyed.to_argv(tmp_path))
+
+
+def test_bad_settings_are_options_errors_listing_every_problem(tmp_path: Path) -> None:
+    with pytest.raises(OptionsError) as raised:
+        ServerConfig(tmp_path, http_port=70000, grpc_port=-1, log_verbose=-2)
+    message = str(raised.value)
+    assert "http_port must be in 0..65535, not 70000" in message
+    assert "grpc_port must be in 0..65535, not -1" in message and "log_verbose" in message
+
+
+def test_restart_policy_backs_off_exponentially_up_to_the_cap() -> None:
+    policy = SupervisionPolicy(backoff_s=0.5, backoff_max_s=3.0)
+    assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    with pytest.raises(OptionsError, match="backoff_max_s"):
+        SupervisionPolicy(backoff_s=5.0, backoff_max_s=1.0)
+    with pytest.raises(OptionsError, match="max_restarts must be >= 0"):
+        SupervisionPolicy(max_restarts=-1)
+
+
+def test_serving_imports_no_heavy_libraries() -> None:
+    code = "import sys, hf2triton.serving; print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'torch', 'tritonclient', 'grpc', 'onnxruntime'}))"
+    env = dict(os.environ, PYTHONPATH=str(Path(hf2triton.serving.__file__).resolve().parents[2]))
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_argv_binds_every_endpoint_to_loopback(tmp_path: Path) -> None:
@@ -206,14 +245,14 @@ def test_serve_stops_cleanly_on_sigint(echo_repository: Path, tmp_path: Path) ->
         """
         import logging, sys
         from pathlib import Path
-        from hf2triton.server import ServerConfig, serve
+        from hf2triton.serving import ServerConfig, serve
 
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         config = ServerConfig(Path(sys.argv[1]), http_port=0, grpc_port=0, metrics_port=0, log_file=Path(sys.argv[2]))
         sys.exit(serve(config, ready_timeout_s=60))
         """
     )
-    src_dir = Path(hf2triton.server.__file__).resolve().parents[1]
+    src_dir = Path(hf2triton.serving.__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src_dir), os.environ.get("PYTHONPATH")])))
     process = subprocess.Popen(
         [sys.executable, "-c", script, str(echo_repository), str(tmp_path / "serve.log")],
@@ -243,3 +282,23 @@ def test_serve_stops_cleanly_on_sigint(echo_repository: Path, tmp_path: Path) ->
             process.wait()
     time.sleep(0.2)  # let the reader drain
     assert _processes_mentioning(str(echo_repository)) == []
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["--http-port", "70000"], "http_port must be in 0..65535, not 70000"),
+        (["--http-port", "9000", "--grpc-port", "9000"], "ports must differ"),
+        (["--restart-backoff", "-1"], "backoff_s must be >= 0, not -1.0"),
+        (["--restart-backoff", "10", "--restart-backoff-max", "1"], "backoff_max_s (1) must be >= backoff_s (10)"),
+        (["--model-control-mode", "explicit"], "--allow-unauthenticated-model-control"),
+    ],
+)
+def test_bad_serve_options_end_in_one_line_and_status_2(tmp_path: Path, options: list[str], expected: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(hf2triton.serving.__file__).resolve().parents[2]))
+    env.pop("TRITON_ADMIN_KEY", None)
+    run = subprocess.run([sys.executable, "-m", "hf2triton.cli", "serve", "--model-repository", str(tmp_path), *options],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert expected in run.stderr

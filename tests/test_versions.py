@@ -18,7 +18,7 @@ import checkpoints
 from hf2triton.errors import RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.repository import ServingOptions
-from hf2triton.server import LocalTritonServer, ServerConfig, repository_index, watch_and_restart
+from hf2triton.serving import LocalTritonServer, ServerConfig, repository_index, watch_and_restart
 from hf2triton.repository import VersionPolicy, parse_pbtxt
 from load import Load, single_answers
 

@@ -188,30 +188,35 @@ def print_variants(result) -> None:
     print(f"  report: {result.layout.ensemble_dir / 'report.json'}")
 
 
-ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the same variable docker-compose.yml reads
-
-
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    from hf2triton.serving import config as defaults
+
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
                         help="repository to serve (default: %(default)s)")
-    parser.add_argument("--http-port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="(default: %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="(default: %(default)s)")
+    parser.add_argument("--http-port", type=int, default=defaults.DEFAULT_HTTP_PORT,
+                        help="0 picks a free port (default: %(default)s)")
+    parser.add_argument("--grpc-port", type=int, default=defaults.DEFAULT_GRPC_PORT, help="(default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=defaults.DEFAULT_METRICS_PORT,
+                        help="(default: %(default)s)")
     parser.add_argument("--log-file", type=Path,
                         help="file the server log is streamed to (default: a new /tmp/tritonserver-*.log, printed at start)")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver verbosity level")
-    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+    parser.add_argument("--model-control-mode", choices=defaults.MODEL_CONTROL_MODES,
+                        default=defaults.DEFAULT_MODEL_CONTROL_MODE,
                         help="poll: pick up new model versions from the repository; explicit: load/unload "
                         "through the (restricted) repository API (default: %(default)s)")
     parser.add_argument("--repository-poll-secs", type=int, help="poll interval with --model-control-mode poll")
-    parser.add_argument("--admin-key-env", default=ADMIN_KEY_ENV, metavar="VAR",
+    parser.add_argument("--admin-key-env", default=defaults.ADMIN_KEY_ENV, metavar="VAR",
                         help="when this environment variable is set, model control and the repository, "
                         "shared-memory, trace and logging APIs need its value in the header 'admin-key' "
                         "(default: %(default)s)")
+    parser.add_argument("--allow-unauthenticated-model-control", action="store_true",
+                        help="allow --model-control-mode explicit without an admin key (anyone who reaches "
+                        "the server can then load and unload models)")
 
 
 def server_config(args: argparse.Namespace):
-    from hf2triton.server import ServerConfig
+    from hf2triton.serving import ServerConfig
 
     return ServerConfig(
         model_repository=args.model_repository.resolve(),
@@ -224,16 +229,42 @@ def server_config(args: argparse.Namespace):
         repository_poll_secs=args.repository_poll_secs,
         load_models=("*",) if args.model_control_mode == "explicit" else (),
         restricted_api_key=os.environ.get(args.admin_key_env) or None,
+        allow_unauthenticated_model_control=args.allow_unauthenticated_model_control,
     )
 
 
+def add_supervision_arguments(parser: argparse.ArgumentParser) -> None:
+    from hf2triton.serving import SupervisionPolicy
+
+    defaults = SupervisionPolicy()
+    parser.add_argument("--no-health-watch", dest="health_watch", action="store_false",
+                        help="do not restart the server when a python-backend stub process dies")
+    parser.add_argument("--max-restarts", type=int, default=defaults.max_restarts,
+                        help="restarts in a row before giving up with exit status 1 (default: %(default)s)")
+    parser.add_argument("--restart-backoff", type=float, default=defaults.backoff_s, metavar="SECONDS",
+                        help="wait before the first restart in a row, doubled for each next one (default: %(default)s)")
+    parser.add_argument("--restart-backoff-max", type=float, default=defaults.backoff_max_s, metavar="SECONDS",
+                        help="longest wait between restarts (default: %(default)s)")
+    parser.add_argument("--restart-reset", type=float, default=defaults.stable_s, metavar="SECONDS",
+                        help="healthy this long after a restart, the count of restarts in a row starts again "
+                        "(default: %(default)s)")
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    from hf2triton.server import serve
+    from hf2triton.serving import SupervisionPolicy, serve
 
     if not args.model_repository.is_dir():
         raise Hf2TritonError(f"model repository {args.model_repository} does not exist; "
                              "run `python build/export.py` first")
-    return serve(server_config(args), health_watch=args.health_watch)
+    policy = SupervisionPolicy(max_restarts=args.max_restarts, backoff_s=args.restart_backoff,
+                               backoff_max_s=args.restart_backoff_max, stable_s=args.restart_reset)
+    return serve(server_config(args), health_watch=args.health_watch, policy=policy)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    from hf2triton.serving.health import run_health as check_and_print
+
+    return check_and_print(args)
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,7 +355,7 @@ DEMO_TEXTS = ("hf2triton serves Hugging Face models on Triton.", "The weather is
 def run_demo(args: argparse.Namespace) -> int:
     """Start the local server on free ports, send texts through the ensemble, print, stop."""
     from hf2triton.client import Client
-    from hf2triton.server import LocalTritonServer, ServerConfig
+    from hf2triton.serving import LocalTritonServer, ServerConfig
 
     repository = args.model_repository.resolve()
     config = ServerConfig(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)
@@ -468,9 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the bundled CPU tritonserver on 127.0.0.1 until Ctrl-C")
     add_server_arguments(serve)
-    serve.add_argument("--no-health-watch", dest="health_watch", action="store_false",
-                       help="do not restart the server when a python-backend stub process dies")
+    add_supervision_arguments(serve)
     serve.set_defaults(run=run_serve)
+
+    health = commands.add_parser(
+        "health", help="exit 0 when the local server is live, ready and no python-backend stub is dead",
+        description="Liveness check for health checks and probes: asks the server at --url whether it is live "
+        "and ready, and looks (in /proc, so run it where the server runs) for every stub its loaded python-backend "
+        "models need. Exits 1 with the reason otherwise.")
+    from hf2triton.serving.health import add_health_arguments
+
+    add_health_arguments(health)
+    health.set_defaults(run=run_health)
 
     infer = commands.add_parser("infer", help="send texts to a running server and print the answers")
     infer.add_argument("texts", nargs="*", help="texts (default: one per line from stdin)")
