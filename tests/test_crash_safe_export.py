@@ -150,7 +150,7 @@ def test_the_next_export_recovers_and_overwrite_is_undone_whole(retrained, tiny_
 
 @pytest.mark.e2e
 def test_a_repository_recovered_after_a_kill_is_served(retrained, tmp_path):
-    from hf2triton.server import LocalTritonServer, ServerConfig, repository_index
+    from hf2triton.serving import LocalTritonServer, ServerConfig, repository_index
 
     from load import single_answers
 
