@@ -157,7 +157,7 @@ def run_export(*args):
 def test_export_with_variants_writes_side_by_side_ensembles_and_a_report(tmp_path, tiny_checkpoint):
     result = run_export(str(tiny_checkpoint("distilbert")), "-o", str(tmp_path), "-n", "clf",
                         "--precision", "fp32,fp16,int8", "--calibration-method", "minmax", "--select",
-                        "--min-agreement", "0")  # the guard is tested above; here, the machinery
+                        "--min-agreement", "0.01")  # the guard is tested above; here, the machinery
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "clf" / "report.json").read_text())
     built = set(report["variants"]) | set(report["rejected"])
@@ -176,7 +176,7 @@ def test_onnxruntime_backend_flavour(tmp_path, tiny_checkpoint):
 
     result = run_export(str(tiny_checkpoint("roberta")), "-o", str(tmp_path), "-n", "clf", "--backend",
                         "onnxruntime", "--ort-tensorrt-precision", "FP16", "--precision", "fp32,int8",
-                        "--calibration-method", "minmax", "--no-benchmark", "--min-agreement", "0")
+                        "--calibration-method", "minmax", "--no-benchmark", "--min-agreement", "0.01")
     assert result.returncode == 0, result.stderr
     config = parse_pbtxt((tmp_path / "clf_model" / "config.pbtxt").read_text())
     assert config.platform == "onnxruntime_onnx" and config.default_model_filename == "model.onnx"
@@ -246,7 +246,7 @@ def test_adapter_with_missing_base_is_a_clear_error(tmp_path, tiny_checkpoint):
 
 def test_variants_the_guard_rejects_are_reported_not_served(tmp_path, tiny_checkpoint):
     result = run_export(str(tiny_checkpoint("electra")), "-o", str(tmp_path), "-n", "clf", "--precision",
-                        "fp32,int8", "--calibration-method", "minmax", "--min-agreement", "1.01")
+                        "fp32,int8", "--calibration-method", "minmax", "--min-agreement", "1")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "clf" / "report.json").read_text())
     assert set(report["rejected"]) == {"int8_qdq", "int8_dynamic", "int8_dynamic_fused"}

@@ -69,7 +69,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Callable
 
-from hf2triton.errors import MissingDependencyError, ServerError
+from hf2triton.errors import MissingDependencyError, OptionsError, ServerError
 
 __all__ = [
     "LocalTritonServer",
@@ -343,7 +343,7 @@ class ServerConfig:
         if self.restricted_api_key is not None and not _valid_key(self.restricted_api_key):
             problems.append("restricted_api_key must be 8 or more letters, digits, '-' or '_'")
         if problems:
-            raise ValueError("invalid ServerConfig: " + "; ".join(problems))
+            raise OptionsError("invalid ServerConfig: " + "; ".join(problems))
 
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports of 0 are replaced by distinct free ports on ``host``."""
