@@ -120,7 +120,7 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serving_options(args: argparse.Namespace):
     """ServingOptions from the options the user set; the library's defaults for the rest."""
-    from hf2triton.errors import OptionsError
+    from hf2triton.errors import Hf2TritonError, OptionsError
     from hf2triton.repository import ServingOptions
     from hf2triton.triton_config import VersionPolicy
 
@@ -130,7 +130,7 @@ def serving_options(args: argparse.Namespace):
     if not isinstance(args.version_policy, LibraryDefault):
         try:
             values["version_policy"] = VersionPolicy.parse(args.version_policy)
-        except ValueError as error:  # RepositoryError or OptionsError: either way an option problem
+        except (Hf2TritonError, ValueError) as error:  # RepositoryError today: either way an option problem
             raise OptionsError(f"--version-policy: {error}") from None
     return ServingOptions(**values)
 
