@@ -110,22 +110,75 @@ def test_int8_qdq_is_symmetric_per_channel_on_weight_matmuls_only(tiny, tmp_path
     assert len(result.quantized_nodes) == len(weight_nodes(onnx.load(str(fp32))))
 
 
-def test_guard_falls_back_or_fails_clearly(tiny, tmp_path):
-    work, checkpoint, tokenizer, settings, fp32, evaluation = tiny
+OUTLIER_SCALE = 1e4
+ATTENTION_GAIN = 50.0
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory):
+    """A tiny BERT embedder built so that full int8 must fail and one node per layer explains it.
+
+    In every layer, one channel of the attention value projection is scaled by 10⁴ and the
+    matching input row of the attention output projection by 10⁻⁴: fp32 computes the same
+    function, but that projection's input now has one channel 10⁴× the others, so symmetric
+    per-tensor int8 rounds every other channel to zero — in that node only. The output
+    projection is also made 50× stronger (random-init attention barely moves the residual
+    stream), so losing it shows in the embeddings. The same story as MiniLM's FFN output
+    projections, fed by GELU's long tail.
+    """
+    import torch
+    import transformers
+
+    import checkpoints
+
+    work = tmp_path_factory.mktemp("outlier")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=30522, **checkpoints.TINY)).eval()
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.value.weight[0] *= OUTLIER_SCALE
+            layer.attention.self.value.bias[0] *= OUTLIER_SCALE
+            layer.attention.output.dense.weight.mul_(ATTENTION_GAIN)
+            layer.attention.output.dense.weight[:, 0] /= OUTLIER_SCALE
+    model.save_pretrained(work / "checkpoint")
+    checkpoints.copy_wordpiece_tokenizer(work / "checkpoint")
+    checkpoint = inspect_checkpoint(work / "checkpoint", max_length=64)
+    assert checkpoint.task.name == "embeddings"
+    tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
+    settings = tokenizer_settings(tokenizer_json, checkpoint, 65536)
+    tokenizer = served_tokenizer(tokenizer_json, settings)
+    fp32 = export_onnx(load_torch_model(checkpoint), checkpoint, work / "model.onnx")
+    evaluation = evaluation_set(fp32, checkpoint, tokenizer, settings, packaged_texts("heldout")[:64])
     feeds = unpadded_feeds(tokenizer, packaged_texts("calibration")[:40], settings)
-    full = guarded_qdq(fp32, tmp_path / "full.onnx", checkpoint, feeds, evaluation, method="minmax", min_agreement=0.0)
-    strict = (full.accuracy.value + 1.0) / 2 if full.accuracy.value < 1.0 else 1.01
-    try:
-        guarded = guarded_qdq(fp32, tmp_path / "strict.onnx", checkpoint, feeds, evaluation, method="minmax",
-                              min_agreement=strict)
-    except QuantizationError as exc:
-        assert "no INT8 QDQ variant met label_agreement" in str(exc) and "in fp32:" in str(exc)
-    else:
-        assert guarded.fp32_nodes and guarded.accuracy.value >= strict
-        assert measure(guarded.path, evaluation, checkpoint).value >= strict
-    with pytest.raises(QuantizationError, match="even with 1 of"):
+    return checkpoint, fp32, evaluation, feeds, len(model.encoder.layer)
+
+
+def test_guard_falls_back_to_fp32_exactly_where_int8_breaks(outlier, tmp_path):
+    checkpoint, fp32, evaluation, feeds, layers = outlier
+    threshold = 0.99
+    guarded = guarded_qdq(fp32, tmp_path / "guarded.onnx", checkpoint, feeds, evaluation, method="minmax",
+                          min_cosine=threshold)
+    full = guarded.steps[0]
+    assert full.excluded == 0 and full.accuracy.value < threshold, "full int8 must miss the threshold"
+    assert guarded.accuracy.metric == "mean_cosine" and guarded.accuracy.value >= threshold
+    assert measure(guarded.path, evaluation, checkpoint, min_cosine=threshold).value >= threshold
+    # The fallback happened, and kept in fp32 exactly the attention output projections.
+    expected = {f"/model/encoder/layer.{i}/attention/output/dense/MatMul" for i in range(layers)}
+    assert set(guarded.fp32_nodes) == expected, guarded.fp32_nodes
+    assert not expected & set(guarded.quantized_nodes)
+    graph = onnx.load(str(guarded.path)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    kept = [n for n in graph.node if n.name in expected]
+    assert len(kept) == layers and all(produced_by.get(i) != "DequantizeLinear" for n in kept for i in n.input)
+    others = [n for n in graph.node if n.op_type == "MatMul" and n.name in guarded.quantized_nodes]
+    assert others and all(any(produced_by.get(i) == "DequantizeLinear" for i in n.input) for n in others)
+
+
+def test_guard_that_cannot_pass_fails_clearly(outlier, tmp_path):
+    checkpoint, fp32, evaluation, feeds, layers = outlier
+    with pytest.raises(QuantizationError, match=r"no INT8 QDQ variant met mean_cosine ≥ 0.99 even with 1 of"):
         guarded_qdq(fp32, tmp_path / "never.onnx", checkpoint, feeds, evaluation, method="minmax",
-                    min_agreement=1.01, max_fp32_nodes=1)
+                    min_cosine=0.99, max_fp32_nodes=1)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
