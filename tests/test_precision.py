@@ -305,3 +305,68 @@ def test_variants_the_guard_rejects_are_reported_not_served(tmp_path, tiny_check
     assert set(report["rejected"]) == {"int8_qdq", "int8_dynamic", "int8_dynamic_fused"}
     assert report["served"] == "fp32" and list(report["variants"]) == ["fp32"]
     assert not list(tmp_path.glob("clf_int8*")) and "not served" in result.stdout
+
+
+# ------------------------------------------------------------------ select_variant and option checks
+
+
+def variant(name: str, passed: bool = True) -> "Variant":
+    from hf2triton.precision.accuracy import Accuracy
+    from hf2triton.precision.variants import Variant
+
+    accuracy = None if name == "fp32" else Accuracy("mean_cosine", 0.999 if passed else 0.5, 0.99, 0.99)
+    return Variant(name, Path(f"{name}.onnx"), accuracy, 1)
+
+
+def grid(**speedups: float) -> list:
+    """Batch-32 cells (and a batch-1 cell that must be ignored) where each variant runs
+    ``speedup``× faster than fp32's 100 ms."""
+    from hf2triton.precision.variants import GridCell
+
+    cells = []
+    for length in (16, 64, 128):
+        ms = {"fp32": 100.0, **{name: 100.0 / s for name, s in speedups.items()}}
+        cells.append(GridCell(32, length, ms, 0.0))
+        cells.append(GridCell(1, length, {name: 1.0 for name in ms}, 0.0))
+    return cells
+
+
+def test_select_needs_1_1x_the_current_choice():
+    from hf2triton.precision.variants import WORTH_IT, select_variant
+
+    assert WORTH_IT == 1.10
+    chosen, notes = select_variant([variant("fp32"), variant("int8_dynamic")], grid(int8_dynamic=1.09))
+    assert chosen.name == "fp32" and "not worth it, 1.09×" in notes[0]
+    chosen, notes = select_variant([variant("fp32"), variant("int8_dynamic")], grid(int8_dynamic=1.11))
+    assert chosen.name == "int8_dynamic" and notes == ["int8_dynamic: 1.11× fp32 at batch 32"]
+
+
+def test_select_compares_each_variant_with_the_one_chosen_so_far_and_ties_keep_the_first():
+    from hf2triton.precision.variants import select_variant
+
+    both = [variant("fp32"), variant("int8_dynamic"), variant("int8_dynamic_fused")]
+    chosen, notes = select_variant(both, grid(int8_dynamic=1.5, int8_dynamic_fused=1.5))
+    assert chosen.name == "int8_dynamic"  # a tie with the current choice is no gain
+    assert "int8_dynamic_fused: not worth it, 1.00× int8_dynamic" in notes[1]
+    chosen, _ = select_variant(both, grid(int8_dynamic=1.5, int8_dynamic_fused=1.5 * 1.12))
+    assert chosen.name == "int8_dynamic_fused"
+    chosen, _ = select_variant(both, grid(int8_dynamic=1.5, int8_dynamic_fused=1.5 * 1.05))
+    assert chosen.name == "int8_dynamic"  # faster than fp32 by 1.575×, but not 1.1× the dynamic one
+
+
+def test_select_serves_fp32_when_no_variant_passes_the_guard():
+    from hf2triton.precision.variants import select_variant
+
+    failing = [variant("fp32"), variant("int8_dynamic", passed=False), variant("fp16", passed=False)]
+    chosen, notes = select_variant(failing, grid(int8_dynamic=3.0, fp16=2.0))
+    assert chosen.name == "fp32" and len(notes) == 2 and all("not eligible" in n for n in notes)
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.5, 1.01, 2.0])
+def test_guard_thresholds_that_disable_or_defeat_the_guard_are_refused(threshold):
+    from hf2triton.errors import OptionsError
+    from hf2triton.precision.options import VariantOptions
+
+    with pytest.raises(OptionsError, match=r"--min-agreement must be in \(0, 1\]"):
+        VariantOptions(precisions=("fp32", "int8"), min_agreement=threshold, min_cosine=threshold)
+    VariantOptions(precisions=("fp32", "int8"), min_agreement=1.0, min_cosine=0.01)  # the bounds are fine
