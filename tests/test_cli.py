@@ -90,3 +90,22 @@ def test_each_command_ends_a_mistake_with_status_2(args, message, capsys):
     assert status == 2, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in err
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_quickstart_path_export_then_demo(tmp_path, tiny_checkpoint):
+    """scripts/quickstart.sh's two steps (export, then `hf2triton demo`) on a tiny checkpoint."""
+    repository = tmp_path / "model_repository"
+    exported = subprocess.run([sys.executable, "build/export.py", str(tiny_checkpoint("bert")), "-o", str(repository),
+                               "-n", "tiny"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    demo = subprocess.run([sys.executable, "-m", "hf2triton.cli", "demo", "--model-repository", str(repository),
+                           "--model", "tiny", "A fine-tuned transformer, served by Triton."],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert demo.returncode == 0, demo.stderr
+    lines = demo.stdout.splitlines()
+    assert lines[0].startswith("tritonserver ready (gRPC 127.0.0.1:")
+    assert lines[1] == "model 'tiny': task sequence-classification, max batch 32"
+    assert lines[2].startswith("'A fine-tuned transformer, served by Triton.': ")  # label (score) [scores]
+    assert "Traceback" not in demo.stderr
