@@ -74,7 +74,7 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
             ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS,
                           max_text_bytes=2000, serving=ServingOptions(max_batch_size=8),
                           variants=VariantOptions(precisions=("fp32", "int8"), calibration_method="minmax",
-                                                  benchmark=False, min_agreement=0.0, min_cosine=0.0))
+                                                  benchmark=False, min_agreement=0.01, min_cosine=0.01))
         ),
         NER: export_checkpoint(
             ExportOptions(checkpoint=tiny_checkpoint("bert", "token-classification"), output_dir=root, name=NER,

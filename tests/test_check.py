@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hf2triton.engines.check import RELEASE_TENSORRT, ServingEnvironment, check_repository, detect_environment
+from hf2triton.engines.check import check_repository
+from hf2triton.engines.environment import RELEASE_TENSORRT, ServingEnvironment, detect_environment, pinned_release
 from hf2triton.errors import CompatibilityError, MissingDependencyError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,19 @@ def test_pinned_release_is_in_the_release_table():
     from deploy_files import read_env_file
 
     assert read_env_file()["TRITON_VERSION"] in RELEASE_TENSORRT
+
+
+def test_pinned_release_comes_from_the_environment_then_the_env_file(tmp_path, monkeypatch):
+    for variable in ("TRITON_VERSION", "NVIDIA_TRITON_SERVER_VERSION"):
+        monkeypatch.delenv(variable, raising=False)
+    env_file = tmp_path / ".env"
+    assert pinned_release(env_file) is None
+    env_file.write_text("# pinned\nTRITON_VERSION=24.12\n")
+    assert pinned_release(env_file) == "24.12"
+    monkeypatch.setenv("NVIDIA_TRITON_SERVER_VERSION", "25.02")  # inside the NGC container
+    assert pinned_release(env_file) == "25.02"
+    monkeypatch.setenv("TRITON_VERSION", "25.03")
+    assert pinned_release(env_file) == "25.03"
 
 
 def test_no_gpu_here_is_a_clear_message():

@@ -110,22 +110,75 @@ def test_int8_qdq_is_symmetric_per_channel_on_weight_matmuls_only(tiny, tmp_path
     assert len(result.quantized_nodes) == len(weight_nodes(onnx.load(str(fp32))))
 
 
-def test_guard_falls_back_or_fails_clearly(tiny, tmp_path):
-    work, checkpoint, tokenizer, settings, fp32, evaluation = tiny
+OUTLIER_SCALE = 1e4
+ATTENTION_GAIN = 50.0
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory):
+    """A tiny BERT embedder built so that full int8 must fail and one node per layer explains it.
+
+    In every layer, one channel of the attention value projection is scaled by 10⁴ and the
+    matching input row of the attention output projection by 10⁻⁴: fp32 computes the same
+    function, but that projection's input now has one channel 10⁴× the others, so symmetric
+    per-tensor int8 rounds every other channel to zero — in that node only. The output
+    projection is also made 50× stronger (random-init attention barely moves the residual
+    stream), so losing it shows in the embeddings. The same story as MiniLM's FFN output
+    projections, fed by GELU's long tail.
+    """
+    import torch
+    import transformers
+
+    import checkpoints
+
+    work = tmp_path_factory.mktemp("outlier")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=30522, **checkpoints.TINY)).eval()
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.value.weight[0] *= OUTLIER_SCALE
+            layer.attention.self.value.bias[0] *= OUTLIER_SCALE
+            layer.attention.output.dense.weight.mul_(ATTENTION_GAIN)
+            layer.attention.output.dense.weight[:, 0] /= OUTLIER_SCALE
+    model.save_pretrained(work / "checkpoint")
+    checkpoints.copy_wordpiece_tokenizer(work / "checkpoint")
+    checkpoint = inspect_checkpoint(work / "checkpoint", max_length=64)
+    assert checkpoint.task.name == "embeddings"
+    tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
+    settings = tokenizer_settings(tokenizer_json, checkpoint, 65536)
+    tokenizer = served_tokenizer(tokenizer_json, settings)
+    fp32 = export_onnx(load_torch_model(checkpoint), checkpoint, work / "model.onnx")
+    evaluation = evaluation_set(fp32, checkpoint, tokenizer, settings, packaged_texts("heldout")[:64])
     feeds = unpadded_feeds(tokenizer, packaged_texts("calibration")[:40], settings)
-    full = guarded_qdq(fp32, tmp_path / "full.onnx", checkpoint, feeds, evaluation, method="minmax", min_agreement=0.0)
-    strict = (full.accuracy.value + 1.0) / 2 if full.accuracy.value < 1.0 else 1.01
-    try:
-        guarded = guarded_qdq(fp32, tmp_path / "strict.onnx", checkpoint, feeds, evaluation, method="minmax",
-                              min_agreement=strict)
-    except QuantizationError as exc:
-        assert "no INT8 QDQ variant met label_agreement" in str(exc) and "in fp32:" in str(exc)
-    else:
-        assert guarded.fp32_nodes and guarded.accuracy.value >= strict
-        assert measure(guarded.path, evaluation, checkpoint).value >= strict
-    with pytest.raises(QuantizationError, match="even with 1 of"):
+    return checkpoint, fp32, evaluation, feeds, len(model.encoder.layer)
+
+
+def test_guard_falls_back_to_fp32_exactly_where_int8_breaks(outlier, tmp_path):
+    checkpoint, fp32, evaluation, feeds, layers = outlier
+    threshold = 0.99
+    guarded = guarded_qdq(fp32, tmp_path / "guarded.onnx", checkpoint, feeds, evaluation, method="minmax",
+                          min_cosine=threshold)
+    full = guarded.steps[0]
+    assert full.excluded == 0 and full.accuracy.value < threshold, "full int8 must miss the threshold"
+    assert guarded.accuracy.metric == "mean_cosine" and guarded.accuracy.value >= threshold
+    assert measure(guarded.path, evaluation, checkpoint, min_cosine=threshold).value >= threshold
+    # The fallback happened, and kept in fp32 exactly the attention output projections.
+    expected = {f"/model/encoder/layer.{i}/attention/output/dense/MatMul" for i in range(layers)}
+    assert set(guarded.fp32_nodes) == expected, guarded.fp32_nodes
+    assert not expected & set(guarded.quantized_nodes)
+    graph = onnx.load(str(guarded.path)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    kept = [n for n in graph.node if n.name in expected]
+    assert len(kept) == layers and all(produced_by.get(i) != "DequantizeLinear" for n in kept for i in n.input)
+    others = [n for n in graph.node if n.op_type == "MatMul" and n.name in guarded.quantized_nodes]
+    assert others and all(any(produced_by.get(i) == "DequantizeLinear" for i in n.input) for n in others)
+
+
+def test_guard_that_cannot_pass_fails_clearly(outlier, tmp_path):
+    checkpoint, fp32, evaluation, feeds, layers = outlier
+    with pytest.raises(QuantizationError, match=r"no INT8 QDQ variant met mean_cosine ≥ 0.99 even with 1 of"):
         guarded_qdq(fp32, tmp_path / "never.onnx", checkpoint, feeds, evaluation, method="minmax",
-                    min_agreement=1.01, max_fp32_nodes=1)
+                    min_cosine=0.99, max_fp32_nodes=1)
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
@@ -157,7 +210,7 @@ def run_export(*args):
 def test_export_with_variants_writes_side_by_side_ensembles_and_a_report(tmp_path, tiny_checkpoint):
     result = run_export(str(tiny_checkpoint("distilbert")), "-o", str(tmp_path), "-n", "clf",
                         "--precision", "fp32,fp16,int8", "--calibration-method", "minmax", "--select",
-                        "--min-agreement", "0")  # the guard is tested above; here, the machinery
+                        "--min-agreement", "0.01")  # the guard is tested above; here, the machinery
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "clf" / "report.json").read_text())
     built = set(report["variants"]) | set(report["rejected"])
@@ -176,7 +229,7 @@ def test_onnxruntime_backend_flavour(tmp_path, tiny_checkpoint):
 
     result = run_export(str(tiny_checkpoint("roberta")), "-o", str(tmp_path), "-n", "clf", "--backend",
                         "onnxruntime", "--ort-tensorrt-precision", "FP16", "--precision", "fp32,int8",
-                        "--calibration-method", "minmax", "--no-benchmark", "--min-agreement", "0")
+                        "--calibration-method", "minmax", "--no-benchmark", "--min-agreement", "0.01")
     assert result.returncode == 0, result.stderr
     config = parse_pbtxt((tmp_path / "clf_model" / "config.pbtxt").read_text())
     assert config.platform == "onnxruntime_onnx" and config.default_model_filename == "model.onnx"
@@ -246,9 +299,74 @@ def test_adapter_with_missing_base_is_a_clear_error(tmp_path, tiny_checkpoint):
 
 def test_variants_the_guard_rejects_are_reported_not_served(tmp_path, tiny_checkpoint):
     result = run_export(str(tiny_checkpoint("electra")), "-o", str(tmp_path), "-n", "clf", "--precision",
-                        "fp32,int8", "--calibration-method", "minmax", "--min-agreement", "1.01")
+                        "fp32,int8", "--calibration-method", "minmax", "--min-agreement", "1")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "clf" / "report.json").read_text())
     assert set(report["rejected"]) == {"int8_qdq", "int8_dynamic", "int8_dynamic_fused"}
     assert report["served"] == "fp32" and list(report["variants"]) == ["fp32"]
     assert not list(tmp_path.glob("clf_int8*")) and "not served" in result.stdout
+
+
+# ------------------------------------------------------------------ select_variant and option checks
+
+
+def variant(name: str, passed: bool = True) -> "Variant":
+    from hf2triton.precision.accuracy import Accuracy
+    from hf2triton.precision.variants import Variant
+
+    accuracy = None if name == "fp32" else Accuracy("mean_cosine", 0.999 if passed else 0.5, 0.99, 0.99)
+    return Variant(name, Path(f"{name}.onnx"), accuracy, 1)
+
+
+def grid(**speedups: float) -> list:
+    """Batch-32 cells (and a batch-1 cell that must be ignored) where each variant runs
+    ``speedup``× faster than fp32's 100 ms."""
+    from hf2triton.precision.variants import GridCell
+
+    cells = []
+    for length in (16, 64, 128):
+        ms = {"fp32": 100.0, **{name: 100.0 / s for name, s in speedups.items()}}
+        cells.append(GridCell(32, length, ms, 0.0))
+        cells.append(GridCell(1, length, {name: 1.0 for name in ms}, 0.0))
+    return cells
+
+
+def test_select_needs_1_1x_the_current_choice():
+    from hf2triton.precision.variants import WORTH_IT, select_variant
+
+    assert WORTH_IT == 1.10
+    chosen, notes = select_variant([variant("fp32"), variant("int8_dynamic")], grid(int8_dynamic=1.09))
+    assert chosen.name == "fp32" and "not worth it, 1.09×" in notes[0]
+    chosen, notes = select_variant([variant("fp32"), variant("int8_dynamic")], grid(int8_dynamic=1.11))
+    assert chosen.name == "int8_dynamic" and notes == ["int8_dynamic: 1.11× fp32 at batch 32"]
+
+
+def test_select_compares_each_variant_with_the_one_chosen_so_far_and_ties_keep_the_first():
+    from hf2triton.precision.variants import select_variant
+
+    both = [variant("fp32"), variant("int8_dynamic"), variant("int8_dynamic_fused")]
+    chosen, notes = select_variant(both, grid(int8_dynamic=1.5, int8_dynamic_fused=1.5))
+    assert chosen.name == "int8_dynamic"  # a tie with the current choice is no gain
+    assert "int8_dynamic_fused: not worth it, 1.00× int8_dynamic" in notes[1]
+    chosen, _ = select_variant(both, grid(int8_dynamic=1.5, int8_dynamic_fused=1.5 * 1.12))
+    assert chosen.name == "int8_dynamic_fused"
+    chosen, _ = select_variant(both, grid(int8_dynamic=1.5, int8_dynamic_fused=1.5 * 1.05))
+    assert chosen.name == "int8_dynamic"  # faster than fp32 by 1.575×, but not 1.1× the dynamic one
+
+
+def test_select_serves_fp32_when_no_variant_passes_the_guard():
+    from hf2triton.precision.variants import select_variant
+
+    failing = [variant("fp32"), variant("int8_dynamic", passed=False), variant("fp16", passed=False)]
+    chosen, notes = select_variant(failing, grid(int8_dynamic=3.0, fp16=2.0))
+    assert chosen.name == "fp32" and len(notes) == 2 and all("not eligible" in n for n in notes)
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.5, 1.01, 2.0])
+def test_guard_thresholds_that_disable_or_defeat_the_guard_are_refused(threshold):
+    from hf2triton.errors import OptionsError
+    from hf2triton.precision.options import VariantOptions
+
+    with pytest.raises(OptionsError, match=r"--min-agreement must be in \(0, 1\]"):
+        VariantOptions(precisions=("fp32", "int8"), min_agreement=threshold, min_cosine=threshold)
+    VariantOptions(precisions=("fp32", "int8"), min_agreement=1.0, min_cosine=0.01)  # the bounds are fine

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hf2triton.errors import ExportError
-from hf2triton.engines.build import EngineSpec, GpuInfo, build_engine, network_flags, shape_profiles
+from hf2triton.engines.build import EngineSpec, build_engine, network_flags, shape_profiles
+from hf2triton.engines.check import check_repository
+from hf2triton.engines.environment import GpuInfo, ServingEnvironment
+from hf2triton.engines.record import PlanRecord
+from hf2triton.errors import CompatibilityError, ExportError
 
 
 class Recorder:
@@ -122,12 +125,13 @@ def test_network_flags_per_tensorrt_version(version, flags, precision_flags):
 
 def test_build_writes_plan_sidecar_and_timing_cache(tmp_path):
     trt, rec = fake_tensorrt("10.9.0")
-    info = build_engine(spec(tmp_path), trt, GPU)
+    info = build_engine(spec(tmp_path), trt, GPU, release="25.03")
     plan = tmp_path / "out" / "model.plan"
     assert plan.read_bytes() == b"PLAN"
     sidecar = json.loads((tmp_path / "out" / "model.plan.json").read_text())
     assert sidecar["tensorrt_version"] == "10.9.0" and sidecar["compute_capability"] == "8.9"
-    assert sidecar["precision"] == "int8" and info.gpu_name == "NVIDIA L4"
+    assert sidecar["precision"] == "int8" and sidecar["triton_release"] == "25.03" and info.gpu_name == "NVIDIA L4"
+    assert PlanRecord.read(plan) == info, "hf2triton check reads back exactly what the builder wrote"
     assert (tmp_path / "timing.cache").read_bytes() == b"timing-cache"
     assert ("pool", "workspace", 4 << 30) in rec.calls
     assert not [c for c in rec.calls if c[0] == "flag"], "strongly typed networks take no precision flags"
@@ -185,3 +189,30 @@ def test_tensorrt_flavour_lists_one_plan_per_gpu_with_its_sidecar(tmp_path):
     assert dict(config.cc_model_filenames) == {"8.6": "model.sm86.plan", "8.9": "model.sm89.plan"}
     assert files["model.sm89.plan.json"] == plans["8.9"].with_name("model.plan.json")
     assert set(files) == {"model.sm86.plan", "model.sm86.plan.json", "model.sm89.plan", "model.sm89.plan.json"}
+
+
+def built_repository(tmp_path: Path, release: str | None, version: str = "10.8.0.43") -> Path:
+    """A repository holding one plan written by the builder (TensorRT test double)."""
+    trt, _ = fake_tensorrt(version)
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"onnx")
+    plan = tmp_path / "repo" / "m_model" / "1" / "model.plan"
+    build_engine(EngineSpec(onnx_file, plan, "fp16", ("input_ids",), 8, (16, 32)), trt, GpuInfo("NVIDIA A10G", "8.6"),
+                 release=release)
+    return tmp_path / "repo"
+
+
+def test_release_check_fires_for_a_builder_written_record(tmp_path):
+    repository = built_repository(tmp_path, "25.01")
+    a10 = ServingEnvironment("10.8.0.43", ("8.6",), ("NVIDIA A10G",))
+    assert len(check_repository(repository, a10, "25.01").plans) == 1
+    with pytest.raises(CompatibilityError, match="built for release 25.01, but the pinned release is 25.02"):
+        check_repository(repository, a10, "25.02")  # same TensorRT 10.8: only the release stamp tells
+
+
+def test_builder_stamps_the_pinned_release(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_VERSION", "24.12")
+    repository = built_repository(tmp_path, None, version="10.7.0.23")
+    assert PlanRecord.read(repository / "m_model" / "1" / "model.plan").triton_release == "24.12"
+    with pytest.raises(CompatibilityError, match="built for release 24.12"):
+        check_repository(repository, None, "25.01")

@@ -14,7 +14,7 @@ from hf2triton.backends import postprocess
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import encode_requests
 from hf2triton.export.checkpoint import inspect_checkpoint
-from hf2triton.errors import CheckpointError
+from hf2triton.errors import OptionsError
 from hf2triton.export.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
 
 NER_TEXTS = (
@@ -159,5 +159,5 @@ def test_truncation_keeps_entities_up_to_the_cut_and_reports_it(bert_ner, tmp_pa
 def test_aggregation_is_checked(bert_ner, tmp_path):
     from hf2triton.pipeline import ExportOptions
 
-    with pytest.raises(CheckpointError, match="--aggregation 'longest'"):
+    with pytest.raises(OptionsError, match="--aggregation 'longest'"):
         ExportOptions(checkpoint=bert_ner, aggregation="longest")

@@ -41,7 +41,7 @@ from typing import Any, TypeVar, Union
 import numpy as np
 
 from hf2triton import contract
-from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, ServerUnavailableError
+from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, OptionsError, ServerUnavailableError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -492,14 +492,14 @@ def _translated(url: str, model: str) -> Iterator[None]:
 
 def _normalise_url(url: str | None, protocol: str) -> str:
     if protocol not in _DEFAULT_PORTS:
-        raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        raise OptionsError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
     if not url:
         return f"127.0.0.1:{_DEFAULT_PORTS[protocol]}"
     for scheme in ("http://", "grpc://"):
         if url.startswith(scheme):
             url = url[len(scheme) :]
     if "://" in url:
-        raise ValueError(f"url must be host:port (no TLS support here), got {url!r}")
+        raise OptionsError(f"url must be host:port (no TLS support here), got {url!r}")
     return url.rstrip("/")
 
 
@@ -720,7 +720,7 @@ class AsyncClient(_Base):
         info: ModelInfo | None = None,
     ) -> None:
         if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+            raise OptionsError(f"max_concurrency must be >= 1, got {max_concurrency}")
         super().__init__(url, protocol, model, timeout_s, info)
         self.max_concurrency = max_concurrency
         self._client: Any = None

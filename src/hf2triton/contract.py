@@ -34,3 +34,16 @@ PARAM_VERSION = "hf2triton.version"
 def step_names(name: str) -> tuple[str, str, str]:
     """Model names of the tokenizer, model and postprocess steps of ensemble ``name``."""
     return f"{name}_tokenizer", f"{name}_model", f"{name}_postprocess"
+
+
+# Where a local deployment lives and listens: `hf2triton serve` binds these by default and
+# the clients, `verify` and `perf` connect to them by default.
+DEFAULT_REPOSITORY = "model_repository"
+PROTOCOLS = ("grpc", "http")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+def local_url(protocol: str) -> str:
+    """``host:port`` of the local server's ``protocol`` endpoint (grpc or http)."""
+    return f"{DEFAULT_HOST}:{DEFAULT_PORTS[protocol]}"

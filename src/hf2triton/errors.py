@@ -6,8 +6,11 @@ catch ``Hf2TritonError`` and print its message; the CLI does exactly that::
     Hf2TritonError
     ├── OptionsError           an option or setting is invalid (also a ValueError)
     ├── CheckpointError        the checkpoint directory is missing files or unsupported
+    ├── CalibrationDataError   the INT8 calibration text cannot be read or is too little
+    ├── InputDataError         perf_analyzer input data is not in perf_analyzer's format
     ├── ExportError            torch → ONNX export failed
-    │   └── ParityError        the ONNX file disagrees with PyTorch beyond tolerance
+    │   ├── ParityError        the ONNX file disagrees with PyTorch beyond tolerance
+    │   └── QuantizationError  no INT8 variant meets the accuracy guard, or quantization failed
     ├── RepositoryError        the output repository cannot be written (e.g. holds another model)
     ├── MissingDependencyError an optional part (GPU, TensorRT, Docker, tritonserver) is absent
     ├── CompatibilityError     TensorRT plans do not match the serving TensorRT, GPU or pinned release
@@ -15,6 +18,11 @@ catch ``Hf2TritonError`` and print its message; the CLI does exactly that::
     └── ClientError            a request failed
         ├── InvalidInputError  the server rejected the input (HTTP 400 / gRPC INVALID_ARGUMENT)
         └── ServerUnavailableError  the server is unreachable or the model is not ready
+
+Outside the tree on purpose: ``backends.tokenizer.TextInputError`` (a ``ValueError``). The
+step code is copied into model repositories and runs inside Triton's python backend, where
+it must not import hf2triton; the steps turn it into a per-request INVALID_ARG answer, which
+clients see as :class:`InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -32,12 +40,24 @@ class CheckpointError(Hf2TritonError):
     """The checkpoint directory is incomplete or holds an unsupported model."""
 
 
+class CalibrationDataError(Hf2TritonError):
+    """The calibration file cannot be read or holds too little text."""
+
+
+class InputDataError(Hf2TritonError):
+    """perf_analyzer input data does not have the shape perf_analyzer reads."""
+
+
 class ExportError(Hf2TritonError):
     """Exporting the checkpoint to ONNX failed."""
 
 
 class ParityError(ExportError):
     """The exported model's outputs differ from PyTorch's beyond tolerance."""
+
+
+class QuantizationError(ExportError):
+    """No quantized variant meets the accuracy threshold, or quantization failed."""
 
 
 class RepositoryError(Hf2TritonError):

@@ -19,7 +19,7 @@ from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.contract import DEFAULT_MODEL_NAME
 from hf2triton.export.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
-from hf2triton.errors import CheckpointError
+from hf2triton.errors import OptionsError
 from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
 from hf2triton.export.peft import is_adapter, merge_adapter
 from hf2triton.export.parity import ParityReport, check_parity, require_parity
@@ -53,17 +53,19 @@ class ExportOptions:
 
     def __post_init__(self):
         if self.name is not None and not NAME_PATTERN.match(self.name):
-            raise CheckpointError(
+            raise OptionsError(
                 f"model name {self.name!r} is invalid: use letters, digits, '_' and '-' (at most 64)"
             )
+        if self.engines and not {"fp16", "int8"} & set(self.variants.precisions):
+            raise OptionsError("--engines needs --precision fp16 and/or int8: precision lives in the ONNX graph")
         if self.serving.backend == "tensorrt" and not self.engines:
-            raise CheckpointError("--backend tensorrt serves TensorRT plans: add --engines (on a GPU machine)")
+            raise OptionsError("--backend tensorrt serves TensorRT plans: add --engines (on a GPU machine)")
         if self.aggregation not in AGGREGATIONS:
-            raise CheckpointError(f"--aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+            raise OptionsError(f"--aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
         if self.version is not None and self.version < 1:
-            raise CheckpointError(f"--version must be 1 or more, got {self.version}")
+            raise OptionsError(f"--version must be 1 or more, got {self.version}")
         if self.max_text_bytes < 1:
-            raise CheckpointError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
+            raise OptionsError(f"--max-text-bytes must be positive, got {self.max_text_bytes}")
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ def build_engines(variants: list[Variant], work: Path, checkpoint: Checkpoint, s
     by_name = {v.name: v for v in variants}
     source = by_name.get("int8_qdq") or by_name.get("fp16")
     if source is None:
-        raise CheckpointError("--engines needs --precision fp16 and/or int8: precision lives in the ONNX graph")
+        raise OptionsError("--engines needs --precision fp16 and/or int8: precision lives in the ONNX graph")
     spec = EngineSpec(
         onnx_file=source.path,
         plan_file=work / "engines" / "model.plan",

@@ -4,37 +4,25 @@ Precision lives in the ONNX graph (TensorRT 10 deprecated, TensorRT 11 removed t
 FP16/INT8 builder flags and implicit calibration): networks are built strongly typed
 where the TensorRT version has that mode; only TensorRT < 10 gets the precision flags.
 
-Engines are tied to the exact TensorRT version and GPU: each plan gets a sidecar
-``<plan>.json`` recording both, which ``hf2triton check`` compares with the server.
+Engines are tied to the exact TensorRT version and GPU: each plan gets a
+:class:`~hf2triton.engines.record.PlanRecord` (``<plan>.json``) recording both and the pinned
+Triton release, which ``hf2triton check`` compares with the server.
 Without TensorRT or a GPU, building stops with a message saying how to build in the
 ``builder`` container (same TensorRT release as the Triton image).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from hf2triton.engines.check import sidecar_path
-from hf2triton.errors import ExportError, MissingDependencyError
+from hf2triton.engines.environment import GpuInfo, detect_gpu, import_tensorrt, pinned_release
+from hf2triton.engines.record import PlanRecord
+from hf2triton.errors import ExportError
 
 log = logging.getLogger(__name__)
-
-BUILD_IN_CONTAINER = (
-    "build engines inside the TensorRT container that matches the Triton image: "
-    "`docker compose run --rm builder` (see README, 'Deploy on a GPU')"
-)
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # e.g. "8.9"
 
 
 @dataclass(frozen=True)
@@ -48,50 +36,6 @@ class EngineSpec:
     per_bucket_profiles: bool = False  # one optimisation profile per bucket
     workspace_bytes: int = 4 << 30
     timing_cache: Path | None = None  # reused between builds
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    plan_file: str
-    tensorrt_version: str
-    compute_capability: str
-    gpu_name: str
-    precision: str
-    profiles: list[dict] = field(default_factory=list)
-
-    def write_sidecar(self, plan: Path) -> Path:
-        sidecar = sidecar_path(plan)
-        sidecar.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return sidecar
-
-
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError(f"TensorRT is not installed here (it needs an NVIDIA GPU); {BUILD_IN_CONTAINER}") from None
-    return tensorrt
-
-
-def detect_gpu() -> GpuInfo:
-    """The first CUDA GPU's name and compute capability, from nvidia-smi or torch."""
-    if shutil.which("nvidia-smi"):
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30,
-        )
-        if result.returncode == 0 and result.stdout.strip():
-            name, capability = (part.strip() for part in result.stdout.splitlines()[0].rsplit(",", 1))
-            return GpuInfo(name, capability)
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")
-    except ImportError:
-        pass
-    raise MissingDependencyError(f"no NVIDIA GPU found (nvidia-smi and torch.cuda see none); {BUILD_IN_CONTAINER}")
 
 
 def shape_profiles(spec: EngineSpec) -> list[dict[str, tuple[tuple[int, int], ...]]]:
@@ -118,10 +62,18 @@ def network_flags(trt: ModuleType) -> tuple[int, bool]:
     return 1 << int(creation.EXPLICIT_BATCH), True
 
 
-def build_engine(spec: EngineSpec, trt: ModuleType | None = None, gpu: GpuInfo | None = None) -> EngineInfo:
-    """Parse, configure and build one plan; write it and its sidecar. Raises ExportError on failure."""
+def build_engine(
+    spec: EngineSpec, trt: ModuleType | None = None, gpu: GpuInfo | None = None, release: str | None = None
+) -> PlanRecord:
+    """Parse, configure and build one plan; write it and its record. Raises ExportError on failure.
+
+    ``release`` is the Triton release the plan is meant for (default: the pinned one,
+    :func:`~hf2triton.engines.environment.pinned_release`); ``hf2triton check`` refuses the
+    plan under another release.
+    """
     trt = trt or import_tensorrt()
     gpu = gpu or detect_gpu()
+    release = release or pinned_release()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags, precision_flags = network_flags(trt)
@@ -153,17 +105,19 @@ def build_engine(spec: EngineSpec, trt: ModuleType | None = None, gpu: GpuInfo |
     if spec.timing_cache:
         spec.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         spec.timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    info = EngineInfo(
+    record = PlanRecord(
         plan_file=spec.plan_file.name,
-        tensorrt_version=trt.__version__,
+        tensorrt_version=str(trt.__version__),
         compute_capability=gpu.compute_capability,
         gpu_name=gpu.name,
         precision=spec.precision,
-        profiles=[{n: [list(s) for s in shape] for n, shape in p.items()} for p in profiles],
+        triton_release=release,
+        profiles=tuple({n: [list(s) for s in shape] for n, shape in p.items()} for p in profiles),
     )
-    info.write_sidecar(spec.plan_file)
-    log.info("built %s (%s, TensorRT %s, sm %s)", spec.plan_file, spec.precision, trt.__version__, gpu.compute_capability)
-    return info
+    record.write(spec.plan_file)
+    log.info("built %s (%s, TensorRT %s, sm %s, release %s)", spec.plan_file, spec.precision, trt.__version__,
+             gpu.compute_capability, release or "not pinned")
+    return record
 
 
 def compare_with_onnxruntime(spec: EngineSpec, feeds: list[dict], atol: float = 1e-2) -> bool:

@@ -15,13 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hf2triton.errors import Hf2TritonError
+from hf2triton.errors import InputDataError
 
 TEXT_INPUT = "TEXT"  # equal to hf2triton.contract.INPUT_TEXT
-
-
-class InputDataError(Hf2TritonError):
-    """A perf_analyzer input-data document is malformed; the message lists every problem."""
 
 
 def text_input_data(texts: Sequence[str], input_name: str = TEXT_INPUT) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from hf2triton.backends import postprocess
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import TokenBatch, TokenizerSettings, encode_requests
 from hf2triton.export.checkpoint import Checkpoint
+from hf2triton.precision.options import DEFAULT_MIN_AGREEMENT
 
-DEFAULT_MIN_COSINE = 0.99
-DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_MIN_COSINE = DEFAULT_MIN_AGREEMENT  # one --min-agreement sets both
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from hf2triton.backends.tokenizer import TokenizerSettings
-from hf2triton.errors import Hf2TritonError
+from hf2triton.errors import CalibrationDataError
 
 MIN_TEXTS = 8
-
-
-class CalibrationDataError(Hf2TritonError):
-    """The calibration file cannot be read or holds too little text."""
 
 
 def packaged_texts(name: str) -> list[str]:

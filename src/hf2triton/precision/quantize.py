@@ -26,17 +26,13 @@ from onnx import numpy_helper
 
 from hf2triton.precision.accuracy import Accuracy, EvaluationSet, measure
 from hf2triton.precision.calibration import TokenFeeds
+from hf2triton.precision.options import CALIBRATION_METHODS
 from hf2triton.export.checkpoint import Checkpoint
-from hf2triton.errors import ExportError
+from hf2triton.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OP_TYPES = ("MatMul", "Gemm")
-
-
-class QuantizationError(ExportError):
-    """No quantized variant meets the accuracy threshold, or quantization failed."""
 
 
 @dataclass(frozen=True)

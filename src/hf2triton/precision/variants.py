@@ -31,11 +31,11 @@ from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError
 from hf2triton.cpu import CpuMeter
 from hf2triton.precision.fp16 import guarded_fp16
+from hf2triton.precision.options import PRECISIONS, VariantOptions  # noqa: F401 (re-exported)
 from hf2triton.precision.quantize import dynamic_int8, guarded_qdq
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Where each variant runs: the CPU server can serve those marked cpu.
 TARGETS = {
     "fp32": "cpu, gpu, tensorrt",
@@ -47,23 +47,6 @@ TARGETS = {
 CPU_SERVABLE = ("fp32", "fp16", "int8_qdq", "int8_dynamic", "int8_dynamic_fused")
 # A variant must beat the next-higher precision by this much to be worth selecting.
 WORTH_IT = 1.10
-
-
-@dataclass(frozen=True)
-class VariantOptions:
-    precisions: tuple[str, ...] = ("fp32",)
-    calibration_data: Path | None = None  # default: the calibration set shipped in the package
-    calibration_column: str = "text"
-    calibration_method: str = "percentile"
-    min_cosine: float = 0.99
-    min_agreement: float = 0.99
-    benchmark: bool = True
-    select: bool = False
-
-    def __post_init__(self):
-        unknown = set(self.precisions) - set(PRECISIONS)
-        if unknown or "fp32" not in self.precisions:
-            raise ExportError(f"--precision must include fp32 and only {', '.join(PRECISIONS)}; got {','.join(self.precisions)}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""``hf2triton infer`` (a running server) and ``hf2triton demo`` (start, answer, stop)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hf2triton.contract import DEFAULT_MODEL_NAME, DEFAULT_REPOSITORY, PROTOCOLS
+
+DEMO_TEXTS = ("hf2triton serves Hugging Face models on Triton.", "The weather is lovely today.")
+DEMO_TIMEOUT_S = 60.0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    infer = commands.add_parser("infer", help="send texts to a running server and print the answers")
+    infer.add_argument("texts", nargs="*", help="texts (default: one per line from stdin)")
+    add_client_arguments(infer)
+    infer.set_defaults(run=run_infer)
+
+    demo = commands.add_parser("demo", help="start the local server, answer a request, stop")
+    demo.add_argument("texts", nargs="*", help="texts to send (default: two examples)")
+    demo.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY),
+                      help="(default: %(default)s)")
+    demo.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT_S,
+                      help="seconds to wait for the model (default: %(default)s)")
+    demo.set_defaults(run=run_demo)
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="server address host:port (default: the local server's port for the protocol)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0], help="(default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the model (default: %(default)s)")
+
+
+def print_results(texts: list[str], results: list) -> None:
+    from hf2triton.client import Classification, Embedding, Entities
+
+    for text, result in zip(texts, results):
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        cut = " (truncated)" if result.truncated else ""
+        if isinstance(result, Embedding):
+            head = ", ".join(f"{v:+.4f}" for v in result.vector[:4])
+            print(f"{shown!r}: embedding[{result.vector.shape[0]}] = [{head}, ...]{cut}")
+        elif isinstance(result, Classification):
+            top = sorted(result.scores.items(), key=lambda kv: -kv[1])[:3]
+            scores = ", ".join(f"{label} {score:.3f}" for label, score in top)
+            print(f"{shown!r}: {result.label} ({result.score:.3f}){cut}  [{scores}]")
+        elif isinstance(result, Entities):
+            print(f"{shown!r}: {len(result.entities)} entities{cut}")
+            for entity in result.entities:
+                print(f"  {entity.label:<12} {entity.score:.3f}  [{entity.start}:{entity.end}] "
+                      f"{text[entity.start:entity.end]!r}")
+        else:
+            print(f"{shown!r}: {result}")
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from hf2triton.client import Client
+
+    # The client owns the default address per protocol (url=None) and refuses bad ones.
+    with Client(args.url, protocol=args.protocol, model=args.model) as client:
+        texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin]
+        client.wait_for_model(timeout_s=args.timeout)
+        print_results(texts, client.infer(texts))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start the local server on free ports, send texts through the ensemble, print, stop."""
+    from hf2triton.client import Client
+    from hf2triton.errors import OptionsError
+    from hf2triton.serving import LocalTritonServer, ServerConfig
+
+    repository = args.model_repository.resolve()
+    if not (repository / args.model).is_dir():
+        raise OptionsError(f"{repository} holds no model '{args.model}'; run `python build/export.py` first "
+                           "(or pass --model-repository / --model)")
+    config = ServerConfig(model_repository=repository, http_port=0, grpc_port=0, metrics_port=0)
+    with LocalTritonServer(config).start() as server:
+        print(f"tritonserver ready (gRPC {server.grpc_url}, HTTP {server.http_url}, log {server.log_path})")
+        texts = list(args.texts) or list(DEMO_TEXTS)
+        with Client(server.grpc_url, protocol="grpc", model=args.model) as client:
+            info = client.wait_for_model(timeout_s=args.timeout)
+            print(f"model '{info.name}': task {info.task}, max batch {info.max_batch_size}")
+            print_results(texts, client.infer(texts))
+    return 0
