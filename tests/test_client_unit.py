@@ -34,7 +34,9 @@ from hf2triton.client import (
     model_info_from_config,
     to_client_error,
 )
-from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, ServerUnavailableError
+from hf2triton.client.results import RESULT_TYPES
+from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, OptionsError, ServerUnavailableError
+from hf2triton.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Generous bound against hangs only (connection refused answers in milliseconds).
@@ -177,9 +179,10 @@ def test_decode_entities_rejects_malformed_documents():
         decode_outputs(info, {"ENTITIES": np.array([[b'[{"score": 1}]']], dtype=object), "TRUNCATED": np.array([[False]])})
 
 
-def test_every_task_requests_truncated():
-    for task, spec in client_module._TASKS.items():
-        assert contract.OUTPUT_TRUNCATED in spec.outputs, task
+def test_every_task_requests_truncated_and_has_a_decoder():
+    for name, task in TASKS.items():
+        assert contract.OUTPUT_TRUNCATED in task.served_outputs, name
+        assert task.answer in RESULT_TYPES, name
 
 
 # ----------------------------------------------------------------------------- encoding / chunking
@@ -415,19 +418,29 @@ def test_connect_closes_client_and_raises_when_not_ready():
 # ----------------------------------------------------------------------------- public surface
 
 
+PUBLIC_API = {
+    "DEFAULT_MODEL", "TASK_EMBEDDINGS", "TASK_SEQUENCE_CLASSIFICATION", "TASK_TOKEN_CLASSIFICATION",
+    "ModelInfo", "Embedding", "Classification", "Entity", "Entities", "Result",
+    "Client", "AsyncClient", "connect", "Endpoint", "TLSOptions", "parse_endpoint",
+    "encode_texts", "chunk", "decode_outputs", "model_info_from_config", "to_client_error",
+}
+
+
 def test_all_lists_exactly_the_public_names():
-    exported = set(client_module.__all__)
-    assert len(exported) == len(client_module.__all__)
-    for name in exported:
-        assert hasattr(client_module, name), name
-    defined_here = {
-        name
-        for name, obj in vars(client_module).items()
-        if not name.startswith("_") and getattr(obj, "__module__", None) == client_module.__name__
-    }
-    constants = {name for name in vars(client_module) if name.isupper() and not name.startswith("_")}
-    type_aliases = {"Result"}  # Union[Embedding, Classification, Entities]: its __module__ is typing
-    assert defined_here | constants | type_aliases == exported
+    # A name added to or dropped from the package's surface must be a deliberate change here too.
+    assert len(set(client_module.__all__)) == len(client_module.__all__)
+    assert set(client_module.__all__) == PUBLIC_API
+    for name in client_module.__all__:
+        assert getattr(client_module, name) is not None, name
+    public = {name for name in vars(client_module) if not name.startswith("_")}
+    submodules = {"aio", "base", "inputs", "results", "sync", "transport", "verify"}
+    assert public - submodules - {"annotations"} == PUBLIC_API
+
+
+def test_importing_the_client_needs_neither_torch_nor_tritonclient():
+    code = "import sys, hf2triton.client; print(sorted(m for m in ('torch', 'tritonclient') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], env=_example_env(), capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- examples

@@ -301,7 +301,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     from hf2triton.export.parity import VERIFY_TEXTS
-    from hf2triton.verify import Tolerance, checkpoint_from_manifest, read_texts, verify
+    from hf2triton.client.verify import Tolerance, checkpoint_from_manifest, read_texts, verify
 
     if args.checkpoint is not None:
         checkpoint = args.checkpoint
