@@ -62,6 +62,15 @@ class Comparison:
             return "min_cosine"
         return "token_label_agreement" if self.per_token else "label_agreement"
 
+    @property
+    def accuracy_metric(self) -> str:
+        """The accuracy guard's figure: mean cosine, or the fraction of agreeing labels."""
+        return "mean_cosine" if self.metric == METRIC_COSINE else "label_agreement"
+
+    def parity_value(self, scores: np.ndarray) -> float:
+        """The parity figure over all rows: the worst cosine, or the fraction of agreeing labels."""
+        return float(np.min(scores)) if self.metric == METRIC_COSINE else float(np.mean(scores))
+
     def scores(
         self, reference: np.ndarray, candidate: np.ndarray, *, atol: float | None = None, multi_label: bool = False
     ) -> np.ndarray:
