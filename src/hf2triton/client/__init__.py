@@ -47,7 +47,8 @@ from hf2triton.client.results import (
     decode_outputs,
     model_info_from_config,
 )
-from hf2triton.client.sync import DEFAULT_MODEL, Client, connect
+from hf2triton.client.base import DEFAULT_MODEL
+from hf2triton.client.sync import Client, connect
 from hf2triton.client.transport import Endpoint, TLSOptions, parse_endpoint, to_client_error
 
 TASK_EMBEDDINGS = _tasks.EMBEDDINGS.name

@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
-from hf2triton.client.base import NOT_READY, POLL_INTERVAL_S, ClientBase
+from hf2triton.client.base import DEFAULT_MODEL, NOT_READY, POLL_INTERVAL_S, ClientBase
 from hf2triton.client.inputs import as_list
 from hf2triton.client.results import Classification, Entities, ModelInfo, Result
-from hf2triton.client.sync import DEFAULT_MODEL
 from hf2triton.client.transport import Request
 from hf2triton.errors import ClientError, OptionsError, ServerUnavailableError
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hf2triton import tasks
+from hf2triton import contract, tasks
 from hf2triton.client.inputs import check_sizes, chunk, encode_texts
 from hf2triton.client.results import (
     RESULT_TYPES,
@@ -32,6 +32,7 @@ from hf2triton.errors import ClientError, ServerUnavailableError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MODEL = contract.DEFAULT_MODEL_NAME
 POLL_INTERVAL_S = 0.25
 
 

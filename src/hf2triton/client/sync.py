@@ -10,13 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from hf2triton import contract, tasks
-from hf2triton.client.base import NOT_READY, POLL_INTERVAL_S, ClientBase
+from hf2triton import tasks
+from hf2triton.client.base import DEFAULT_MODEL, NOT_READY, POLL_INTERVAL_S, ClientBase
 from hf2triton.client.inputs import as_list
 from hf2triton.client.results import Classification, Entities, ModelInfo, Result
 from hf2triton.errors import ServerUnavailableError
-
-DEFAULT_MODEL = contract.DEFAULT_MODEL_NAME
 
 
 class Client(ClientBase):
