@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
-from hf2triton.client.base import DEFAULT_MODEL, NOT_READY, POLL_INTERVAL_S, ClientBase
+from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll
 from hf2triton.client.inputs import as_list
 from hf2triton.client.results import Classification, Entities, ModelInfo, Result
 from hf2triton.client.transport import Request
@@ -71,20 +71,15 @@ class AsyncClient(ClientBase):
 
     async def wait_for_model(self, timeout_s: float = 60.0) -> ModelInfo:
         """Poll until the server and model are ready, then read and cache the model's info."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        last: BaseException | None = None
+        poll = ReadinessPoll(self, timeout_s)
         while True:
-            remaining = deadline - loop.time()
             try:
-                if await self._ready(max(0.1, min(self.timeout_s, remaining))):
+                if await self._ready(poll.call_timeout()):
                     return await self.fetch_info()
-                last = ServerUnavailableError(NOT_READY)
+                poll.failed()
             except ServerUnavailableError as exc:
-                last = exc
-            if loop.time() + POLL_INTERVAL_S > deadline:
-                raise self._timeout_error(timeout_s, last) from last
-            await asyncio.sleep(POLL_INTERVAL_S)
+                poll.failed(exc)
+            await asyncio.sleep(poll.next_wait())
 
     async def fetch_info(self) -> ModelInfo:
         """Read the ensemble's config from the server (again) and cache it."""

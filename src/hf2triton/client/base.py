@@ -9,6 +9,7 @@ with ``await``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = contract.DEFAULT_MODEL_NAME
 POLL_INTERVAL_S = 0.25
+NOT_READY = "the server answers but the server or model is not ready"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,36 @@ class Plan:
 
     def decode(self, response: Any, request: Request) -> list[Result]:
         return decode_outputs(self.info, output_arrays(response, request.output_names))
+
+
+class ReadinessPoll:
+    """Bookkeeping of one ``wait_for_model``: per-call deadlines, the last failure, the final error.
+
+    The clients keep only their loop (``time.sleep`` or ``await asyncio.sleep``).
+    """
+
+    def __init__(self, client: ClientBase, timeout_s: float) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        self._deadline = time.monotonic() + timeout_s
+        self._last: BaseException | None = None
+
+    def call_timeout(self) -> float:
+        """The deadline for the next readiness call: the client's timeout, capped by what is left."""
+        return max(0.1, min(self._client.timeout_s, self._deadline - time.monotonic()))
+
+    def failed(self, exc: BaseException | None = None) -> None:
+        self._last = exc if exc is not None else ServerUnavailableError(NOT_READY)
+
+    def next_wait(self) -> float:
+        """Seconds to sleep before the next try; raises :class:`ServerUnavailableError` when time is up."""
+        if time.monotonic() + POLL_INTERVAL_S > self._deadline:
+            client, last = self._client, self._last
+            detail = f": {last}" if last is not None else ""
+            raise ServerUnavailableError(
+                f"model {client.model!r} at {client.url} ({client.protocol}) not ready after {self._timeout_s:g} s{detail}"
+            ) from last
+        return POLL_INTERVAL_S
 
 
 class ClientBase:
@@ -120,12 +152,3 @@ class ClientBase:
         if answer == tasks.ANSWER_EMBEDDING:
             return stack_embeddings(results)
         return [r for r in results if isinstance(r, RESULT_TYPES[answer])]
-
-    def _timeout_error(self, timeout_s: float, last: BaseException | None) -> ServerUnavailableError:
-        detail = f": {last}" if last is not None else ""
-        return ServerUnavailableError(
-            f"model {self.model!r} at {self.url} ({self.protocol}) not ready after {timeout_s:g} s{detail}"
-        )
-
-
-NOT_READY = "the server answers but the server or model is not ready"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
-from hf2triton.client.base import DEFAULT_MODEL, NOT_READY, POLL_INTERVAL_S, ClientBase
+from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll
 from hf2triton.client.inputs import as_list
 from hf2triton.client.results import Classification, Entities, ModelInfo, Result
 from hf2triton.errors import ServerUnavailableError
@@ -71,19 +71,15 @@ class Client(ClientBase):
         Raises :class:`ServerUnavailableError` naming the url and model on timeout.
         """
         self._check_open()
-        deadline = time.monotonic() + timeout_s
-        last: BaseException | None = None
+        poll = ReadinessPoll(self, timeout_s)
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                if self._ready(max(0.1, min(self.timeout_s, remaining))):
+                if self._ready(poll.call_timeout()):
                     return self.fetch_info()
-                last = ServerUnavailableError(NOT_READY)
+                poll.failed()
             except ServerUnavailableError as exc:
-                last = exc
-            if time.monotonic() + POLL_INTERVAL_S > deadline:
-                raise self._timeout_error(timeout_s, last) from last
-            time.sleep(POLL_INTERVAL_S)
+                poll.failed(exc)
+            time.sleep(poll.next_wait())
 
     def fetch_info(self) -> ModelInfo:
         """Read the ensemble's config from the server (again) and cache it."""
