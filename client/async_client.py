@@ -37,13 +37,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=4, help="independent infer() calls run together")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per call")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the model to be ready")
+    tls = parser.add_argument_group("TLS (https:// urls turn it on for HTTP)")
+    tls.add_argument("--ssl", action="store_true", help="use TLS (gRPC)")
+    tls.add_argument("--root-certificates", help="PEM file of the CAs to trust (default: the system's)")
+    tls.add_argument("--private-key", help="PEM client key, for servers that verify clients")
+    tls.add_argument("--certificate-chain", help="PEM client certificate, with --private-key")
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
     texts = (args.texts or DEFAULT_TEXTS) * args.copies
     try:
-        async with AsyncClient(args.url, protocol="grpc", model=args.model, max_concurrency=args.concurrency) as client:
+        async with AsyncClient(args.url, protocol="grpc", model=args.model, max_concurrency=args.concurrency,
+                               ssl=args.ssl, root_certificates=args.root_certificates,
+                               private_key=args.private_key, certificate_chain=args.certificate_chain) as client:
             info = await client.wait_for_model(timeout_s=args.wait)
             start = time.perf_counter()
             calls = await asyncio.gather(*(client.infer(texts) for _ in range(args.calls)))

@@ -5,6 +5,7 @@ Run (server started with ``hf2triton serve`` or the container: HTTP 8000, gRPC 8
     python client/sync_client.py                                   # gRPC, default model
     python client/sync_client.py --protocol http "first text" "second text"
     python client/sync_client.py --url 127.0.0.1:8001 --model sentiment "What a great film"
+    python client/sync_client.py --ssl --root-certificates ca.pem --url triton.example:8001   # gRPC TLS
 
 Without an installed package, prefix with ``PYTHONPATH=src``. Embedding models print
 each vector's size and the cosine-similarity matrix; classifiers print labels and scores;
@@ -38,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", help="host:port of the server (default 127.0.0.1:8001 for grpc, :8000 for http)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default {DEFAULT_MODEL})")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the model to be ready")
+    tls = parser.add_argument_group("TLS (https:// urls turn it on for HTTP)")
+    tls.add_argument("--ssl", action="store_true", help="use TLS (gRPC)")
+    tls.add_argument("--root-certificates", help="PEM file of the CAs to trust (default: the system's)")
+    tls.add_argument("--private-key", help="PEM client key, for servers that verify clients")
+    tls.add_argument("--certificate-chain", help="PEM client certificate, with --private-key")
     return parser.parse_args(argv)
 
 
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     texts = args.texts or DEFAULT_TEXTS
     protocol, url = args.protocol, args.url or DEFAULT_URLS[args.protocol]
     try:
-        with Client(url, protocol=protocol, model=args.model) as client:
+        with Client(url, protocol=protocol, model=args.model, ssl=args.ssl, root_certificates=args.root_certificates,
+                    private_key=args.private_key, certificate_chain=args.certificate_chain) as client:
             info = client.wait_for_model(timeout_s=args.wait)
             print(f"{info.name}: task={info.task} max_batch_size={info.max_batch_size} "
                   f"max_sequence_length={info.max_sequence_length} via {protocol} at {url}")

@@ -34,7 +34,9 @@ from hf2triton.client import (
     model_info_from_config,
     to_client_error,
 )
-from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, ServerUnavailableError
+from hf2triton.client.results import RESULT_TYPES
+from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, OptionsError, ServerUnavailableError
+from hf2triton.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Generous bound against hangs only (connection refused answers in milliseconds).
@@ -177,9 +179,10 @@ def test_decode_entities_rejects_malformed_documents():
         decode_outputs(info, {"ENTITIES": np.array([[b'[{"score": 1}]']], dtype=object), "TRUNCATED": np.array([[False]])})
 
 
-def test_every_task_requests_truncated():
-    for task, spec in client_module._TASKS.items():
-        assert contract.OUTPUT_TRUNCATED in spec.outputs, task
+def test_every_task_requests_truncated_and_has_a_decoder():
+    for name, task in TASKS.items():
+        assert contract.OUTPUT_TRUNCATED in task.served_outputs, name
+        assert task.answer in RESULT_TYPES, name
 
 
 # ----------------------------------------------------------------------------- encoding / chunking
@@ -415,19 +418,29 @@ def test_connect_closes_client_and_raises_when_not_ready():
 # ----------------------------------------------------------------------------- public surface
 
 
+PUBLIC_API = {
+    "DEFAULT_MODEL", "TASK_EMBEDDINGS", "TASK_SEQUENCE_CLASSIFICATION", "TASK_TOKEN_CLASSIFICATION",
+    "ModelInfo", "Embedding", "Classification", "Entity", "Entities", "Result",
+    "Client", "AsyncClient", "connect", "Endpoint", "TLSOptions", "parse_endpoint",
+    "encode_texts", "chunk", "decode_outputs", "model_info_from_config", "to_client_error",
+}
+
+
 def test_all_lists_exactly_the_public_names():
-    exported = set(client_module.__all__)
-    assert len(exported) == len(client_module.__all__)
-    for name in exported:
-        assert hasattr(client_module, name), name
-    defined_here = {
-        name
-        for name, obj in vars(client_module).items()
-        if not name.startswith("_") and getattr(obj, "__module__", None) == client_module.__name__
-    }
-    constants = {name for name in vars(client_module) if name.isupper() and not name.startswith("_")}
-    type_aliases = {"Result"}  # Union[Embedding, Classification, Entities]: its __module__ is typing
-    assert defined_here | constants | type_aliases == exported
+    # A name added to or dropped from the package's surface must be a deliberate change here too.
+    assert len(set(client_module.__all__)) == len(client_module.__all__)
+    assert set(client_module.__all__) == PUBLIC_API
+    for name in client_module.__all__:
+        assert getattr(client_module, name) is not None, name
+    public = {name for name in vars(client_module) if not name.startswith("_")}
+    submodules = {"aio", "base", "inputs", "results", "sync", "transport", "verify"}
+    assert public - submodules - {"annotations"} == PUBLIC_API
+
+
+def test_importing_the_client_needs_neither_torch_nor_tritonclient():
+    code = "import sys, hf2triton.client; print(sorted(m for m in ('torch', 'tritonclient') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], env=_example_env(), capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- examples
@@ -467,3 +480,169 @@ def test_python_examples_run_help_and_report_unreachable_server(example):
     )
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: ") and "Traceback" not in failed.stderr
+
+
+# ----------------------------------------------------------------------------- urls, options, TLS
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol", "pattern"),
+    [
+        ("https://x:70000", "http", "port in 1..65535"),
+        ("h:port", "grpc", "port in 1..65535"),
+        (":8001", "grpc", "host:port"),
+        ("ftp://h:1", "http", "url must be host:port"),
+        ("http://h:1/v2", "http", "no path"),
+        ("h:1", "websocket", "protocol must be 'grpc' or 'http'"),
+    ],
+)
+def test_bad_urls_and_protocols_are_option_errors(url, protocol, pattern):
+    with pytest.raises(OptionsError, match=pattern):
+        Client(url, protocol=protocol)
+    with pytest.raises(OptionsError, match=pattern):
+        AsyncClient(url, protocol=protocol)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM), made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_options_reach_each_tritonclient_flavour(certificate):
+    cert, key = certificate
+    https = client_module.parse_endpoint("https://h:8000", "http")
+    assert https.address == "h:8000" and https.tls == client_module.TLSOptions()
+    assert str(https) == "https://h:8000"
+    assert client_module.parse_endpoint("h:8001", "grpc").tls is None
+    mutual = client_module.parse_endpoint(
+        "h:8001", "grpc", ssl=True, root_certificates=cert, private_key=key, certificate_chain=cert
+    )
+    assert mutual.tls.grpc_kwargs() == {
+        "ssl": True, "root_certificates": str(cert), "private_key": str(key), "certificate_chain": str(cert)}
+    assert mutual.tls.http_options() == {"ca_certs": str(cert), "keyfile": str(key), "certfile": str(cert)}
+    assert mutual.tls.ssl_context().verify_mode.name == "CERT_REQUIRED"
+    with Client("h:8001", ssl=True, root_certificates=cert) as grpc_tls:
+        assert grpc_tls.tls and grpc_tls.url == "h:8001"
+    with Client("https://h:8000", protocol="http", root_certificates=str(cert)) as http_tls:
+        assert http_tls.tls and http_tls.url == "h:8000"
+    with Client("h:8000", protocol="http") as plain:
+        assert not plain.tls
+
+
+def test_tls_option_mistakes_are_option_errors(certificate, tmp_path):
+    cert, key = certificate
+    with pytest.raises(OptionsError, match="need TLS: pass ssl=True or an https:// url"):
+        Client("h:1", root_certificates=cert)
+    with pytest.raises(OptionsError, match="both private_key and certificate_chain"):
+        Client("h:1", ssl=True, private_key=key)
+    with pytest.raises(OptionsError, match="root_certificates .*missing.pem.* is not a file"):
+        AsyncClient("h:1", ssl=True, root_certificates=tmp_path / "missing.pem")
+
+
+class _TLSListener:
+    """A real TLS endpoint (not Triton: it completes handshakes, then closes the connection)."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        import ssl
+        import threading
+
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.context.set_alpn_protocols(["h2", "http/1.1"])  # gRPC insists on h2
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            try:
+                with self.context.wrap_socket(conn, server_side=True):
+                    self.handshakes += 1
+            except OSError:
+                conn.close()  # the client refused our certificate
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def tls_listener(certificate):
+    listener = _TLSListener(*certificate)
+    yield listener
+    listener.close()
+
+
+def test_https_client_trusts_exactly_the_given_root_certificate(certificate, tls_listener):
+    cert, _ = certificate
+    url = f"https://127.0.0.1:{tls_listener.port}"
+    with Client(url, protocol="http", model="m", timeout_s=5) as untrusting:
+        with pytest.raises(ServerUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.fetch_info()  # self-signed: the system trust store refuses it
+    assert tls_listener.handshakes == 0
+    with Client(url, protocol="http", model="m", timeout_s=5, root_certificates=cert) as trusting:
+        with pytest.raises(ClientError) as err:
+            trusting.fetch_info()  # the handshake succeeds; this listener then hangs up
+    assert "CERTIFICATE_VERIFY_FAILED" not in str(err.value)
+    assert tls_listener.handshakes >= 1
+
+
+def test_async_https_client_trusts_exactly_the_given_root_certificate(certificate, tls_listener):
+    cert, _ = certificate
+    url = f"https://127.0.0.1:{tls_listener.port}"
+
+    async def scenario() -> tuple[str, str]:
+        messages = []
+        for roots in (None, cert):
+            async with AsyncClient(url, protocol="http", model="m", timeout_s=5, root_certificates=roots) as client:
+                with pytest.raises(ClientError) as err:
+                    await client.fetch_info()
+                messages.append(str(err.value))
+        return messages[0], messages[1]
+
+    refused, accepted = asyncio.run(scenario())
+    assert "certificate verify failed" in refused.lower()
+    assert "certificate verify failed" not in accepted.lower()
+    assert tls_listener.handshakes >= 1
+
+
+def test_grpc_tls_clients_trust_exactly_the_given_root_certificate(certificate, tls_listener):
+    cert, _ = certificate
+    url = f"127.0.0.1:{tls_listener.port}"
+    messages = []
+    for roots in (None, cert):
+        with Client(url, model="m", timeout_s=5, ssl=True, root_certificates=roots) as client:
+            with pytest.raises(ServerUnavailableError) as err:
+                client.fetch_info()
+            messages.append(str(err.value))
+
+    async def scenario() -> str:
+        async with AsyncClient(url, model="m", timeout_s=5, ssl=True, root_certificates=cert) as client:
+            with pytest.raises(ServerUnavailableError) as err:
+                await client.fetch_info()
+            return str(err.value)
+
+    messages.append(asyncio.run(scenario()))
+    refused, *accepted = messages
+    assert "CERTIFICATE_VERIFY_FAILED" in refused
+    assert all("CERTIFICATE_VERIFY_FAILED" not in message for message in accepted)
+    assert tls_listener.handshakes >= 2

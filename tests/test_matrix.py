@@ -19,7 +19,7 @@ from hf2triton.client import Client
 from hf2triton.errors import CheckpointError
 from hf2triton.export.parity import ENTITY_TEXTS, LONG_TEXT
 from hf2triton.pipeline import ExportOptions, export_checkpoint
-from hf2triton.verify import verify
+from hf2triton.client.verify import verify
 
 TASKS = ("embeddings", "sequence-classification", "token-classification")
 # Few but varied: entities, the long text (truncated at 64 tokens), emoji, CJK, combining marks, empty.

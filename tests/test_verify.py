@@ -8,7 +8,7 @@ import pytest
 
 from conftest import DEFAULT, NER, SENTIMENT, TOPICS
 from hf2triton.export.parity import VERIFY_TEXTS
-from hf2triton.verify import Tolerance, checkpoint_from_manifest, verify
+from hf2triton.client.verify import Tolerance, checkpoint_from_manifest, verify
 
 pytestmark = pytest.mark.e2e
 

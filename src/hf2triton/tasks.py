@@ -1,15 +1,31 @@
 """The task table: what each supported task exports, serves and returns.
 
 Adding a task is adding a row (Optimum's ``_TASK_TO_COMMON_OUTPUTS`` idea): the
-exporter, the repository writer and the client read everything task-specific
-from here.
+exporter, the repository writer, the client, the parity check, the accuracy guard
+and ``verify`` read everything task-specific from here. A row says *what* (which
+tensors, which answer, which comparison); the stage modules say *how*, keyed by
+those fields, never by the task's name.
+
+Importable without torch or tritonclient (numpy only): the client and the CLI's
+option parsing use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hf2triton import contract
+
+# What a served answer is, per text: the client decodes it into the matching result type.
+ANSWER_EMBEDDING = "embedding"  # one pooled vector (hf2triton.client.Embedding)
+ANSWER_CLASSIFICATION = "classification"  # top label + every label's probability (Classification)
+ANSWER_ENTITIES = "entities"  # a JSON list of entities (Entities)
+
+# How two answers to the same texts are compared (parity, accuracy guard, verify).
+METRIC_COSINE = "cosine"  # pooled embeddings: cosine per text
+METRIC_LABELS = "label_agreement"  # classifiers: top labels agree (per text, or per real token)
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,73 @@ class OutputTensor:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """How answers of one task are compared wherever two runs must agree.
+
+    ``metric`` decides the figure: :data:`METRIC_COSINE` (cosine of pooled, unit
+    embeddings) or :data:`METRIC_LABELS` (top-label agreement; multi-label models:
+    every label's 0.5 decision); ``per_token`` compares every real token's label rather
+    than one per text. ``parity_threshold`` is what the ONNX export must reach against
+    PyTorch (min cosine, or the fraction of agreeing labels). ``served`` is what
+    ``verify`` compares on served answers: the answer kind (:data:`ANSWER_ENTITIES`
+    compares entities, not token labels).
+    """
+
+    metric: str
+    per_token: bool
+    parity_threshold: float
+    served: str
+
+    @property
+    def parity_metric(self) -> str:
+        """The name the parity report gives its figure (kept stable: it is written to JSON)."""
+        if self.metric == METRIC_COSINE:
+            return "min_cosine"
+        return "token_label_agreement" if self.per_token else "label_agreement"
+
+    @property
+    def accuracy_metric(self) -> str:
+        """The accuracy guard's figure: mean cosine, or the fraction of agreeing labels."""
+        return "mean_cosine" if self.metric == METRIC_COSINE else "label_agreement"
+
+    def parity_value(self, scores: np.ndarray) -> float:
+        """The parity figure over all rows: the worst cosine, or the fraction of agreeing labels."""
+        return float(np.min(scores)) if self.metric == METRIC_COSINE else float(np.mean(scores))
+
+    def scores(
+        self, reference: np.ndarray, candidate: np.ndarray, *, atol: float | None = None, multi_label: bool = False
+    ) -> np.ndarray:
+        """One figure per row (text or token), 1.0 = same answer.
+
+        Cosine per row, or 1.0/0.0 label agreement: multi-label rows agree when every
+        label's 0.5 decision agrees; single-label rows when the top labels agree, or,
+        with ``atol``, when the reference cannot tell the two labels apart (a tie).
+        """
+        if self.metric == METRIC_COSINE:
+            return cosines(reference, candidate)
+        if multi_label:
+            return ((reference >= 0.5) == (candidate >= 0.5)).all(axis=1).astype(np.float64)
+        return labels_agree(reference, candidate, atol).astype(np.float64)
+
+
+def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two ``[n, H]`` arrays (unit rows give their dot product)."""
+    reference, candidate = np.atleast_2d(reference), np.atleast_2d(candidate)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    return (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def labels_agree(reference: np.ndarray, candidate: np.ndarray, atol: float | None = None) -> np.ndarray:
+    """Top labels agree, or (with ``atol``) the reference itself cannot tell them apart."""
+    ref_top, cand_top = reference.argmax(axis=1), candidate.argmax(axis=1)
+    if atol is None:
+        return ref_top == cand_top
+    rows = np.arange(len(reference))
+    tie = reference[rows, ref_top] - reference[rows, cand_top] <= atol
+    return (ref_top == cand_top) | tie
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     auto_model: str  # transformers Auto class that loads the checkpoint for this task
@@ -31,6 +114,15 @@ class Task:
     postprocess_inputs: tuple[str, ...]  # tensors the postprocess step reads
     token_alignment: bool  # the tokenizer also emits offsets and a special-token mask
     outputs: tuple[OutputTensor, ...]  # ensemble outputs besides TRUNCATED; -2 = filled at export
+    answer: str  # ANSWER_*: what the client decodes the outputs into
+    comparison: Comparison  # how parity, the accuracy guard and verify compare two answers
+    pooled: bool  # the answer pools hidden states over tokens (sentence-transformers pooling applies)
+    labelled: bool  # the checkpoint must name its labels (id2label); HIDDEN is then the label count
+
+    @property
+    def served_outputs(self) -> tuple[str, ...]:
+        """Every output a client requests from the ensemble, ``TRUNCATED`` included."""
+        return tuple(output.name for output in self.outputs) + (contract.OUTPUT_TRUNCATED,)
 
 
 HIDDEN = -2  # placeholder dim: hidden size or number of labels, known only per checkpoint
@@ -44,6 +136,10 @@ EMBEDDINGS = Task(
     postprocess_inputs=("last_hidden_state", "attention_mask"),
     token_alignment=False,
     outputs=(OutputTensor(contract.OUTPUT_EMBEDDING, "TYPE_FP32", (HIDDEN,)),),
+    answer=ANSWER_EMBEDDING,
+    comparison=Comparison(METRIC_COSINE, per_token=False, parity_threshold=0.9999, served=ANSWER_EMBEDDING),
+    pooled=True,
+    labelled=False,
 )
 
 SEQUENCE_CLASSIFICATION = Task(
@@ -58,6 +154,10 @@ SEQUENCE_CLASSIFICATION = Task(
         OutputTensor(contract.OUTPUT_LABEL, "TYPE_STRING", (1,)),
         OutputTensor(contract.OUTPUT_SCORES, "TYPE_FP32", (HIDDEN,)),
     ),
+    answer=ANSWER_CLASSIFICATION,
+    comparison=Comparison(METRIC_LABELS, per_token=False, parity_threshold=1.0, served=ANSWER_CLASSIFICATION),
+    pooled=False,
+    labelled=True,
 )
 
 # Entities are ragged (any number per text): one JSON document per text needs no padding.
@@ -76,6 +176,11 @@ TOKEN_CLASSIFICATION = Task(
     ),
     token_alignment=True,
     outputs=(OutputTensor(contract.OUTPUT_ENTITIES, "TYPE_STRING", (1,)),),
+    answer=ANSWER_ENTITIES,
+    # Entities are built from token labels: parity and the guard compare every real token's label.
+    comparison=Comparison(METRIC_LABELS, per_token=True, parity_threshold=1.0, served=ANSWER_ENTITIES),
+    pooled=False,
+    labelled=True,
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in (EMBEDDINGS, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)}

@@ -8,7 +8,7 @@ from pathlib import Path
 from hf2triton.cli.library import LibraryDefault
 from hf2triton.contract import DEFAULT_MODEL_NAME, PROTOCOLS, local_url
 
-TOLERANCE = "hf2triton.verify:Tolerance"
+TOLERANCE = "hf2triton.client.verify:Tolerance"
 BOTH = "both"
 
 
@@ -39,7 +39,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from hf2triton.cli.library import given
     from hf2triton.errors import OptionsError
     from hf2triton.export.parity import VERIFY_TEXTS
-    from hf2triton.verify import Tolerance, checkpoint_from_manifest, read_texts, verify
+    from hf2triton.client.verify import Tolerance, checkpoint_from_manifest, read_texts, verify
 
     if args.checkpoint is not None:
         checkpoint = args.checkpoint

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2triton.errors import CheckpointError
-from hf2triton.tasks import TASKS, Task, task_for_architectures
+from hf2triton.tasks import ANSWER_CLASSIFICATION, ANSWER_ENTITIES, TASKS, Task, task_for_architectures
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,9 @@ def sentence_transformers_pooling(path: Path) -> Pooling:
 def labels_of(config, raw: dict, task: Task) -> tuple[str, ...]:
     """Label names in id order. Entity labels must be named in config.json itself: transformers
     would otherwise invent LABEL_0, LABEL_1, ... and every token would look like an entity."""
-    if task.name == "embeddings":
+    if not task.labelled:
         return ()
-    if task.name == "token-classification" and not raw.get("id2label"):
+    if task.answer == ANSWER_ENTITIES and not raw.get("id2label"):
         raise CheckpointError(
             "config.json has no id2label; a token classifier needs its entity label names "
             '(e.g. {"0": "O", "1": "B-PER", "2": "I-PER"}) to tell entities from other tokens'
@@ -225,7 +225,7 @@ def inspect_checkpoint(
     limit = model_max_length(path, config)
     if max_length is not None and not 1 <= max_length <= limit:
         raise CheckpointError(f"--max-length {max_length} is outside 1..{limit}, the model's limit")
-    classifier = chosen.name == "sequence-classification"
+    classifier = chosen.answer == ANSWER_CLASSIFICATION  # multi-label applies to text classes
     labels = labels_of(config, raw, chosen)
     return Checkpoint(
         path=path,
@@ -238,7 +238,7 @@ def inspect_checkpoint(
         attention_heads=config.num_attention_heads,
         labels=labels,
         multi_label=classifier and config.problem_type == "multi_label_classification",
-        pooling=sentence_transformers_pooling(path) if chosen.name == "embeddings" else Pooling(),
+        pooling=sentence_transformers_pooling(path) if chosen.pooled else Pooling(),
         tokenizer_file=tokenizer_file,
         fingerprint=fingerprint(path),
     )

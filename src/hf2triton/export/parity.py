@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf2triton.backends import postprocess
+from hf2triton.answers import comparable
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import TokenizerSettings, encode_requests
 from hf2triton.export.checkpoint import Checkpoint
@@ -68,7 +68,7 @@ class ParityReport:
     truncated_texts: int
     max_abs_diff: float
     atol: float
-    metric: str  # "min_cosine", "label_agreement" or "token_label_agreement"
+    metric: str  # the task's comparison.parity_metric: "min_cosine", "label_agreement" or "token_label_agreement"
     metric_value: float
     metric_threshold: float
     passed: bool
@@ -104,14 +104,6 @@ def _torch_outputs(model: torch.nn.Module, feed: dict[str, np.ndarray], output: 
     return result[output].float().numpy()
 
 
-def labels_agree(reference: np.ndarray, candidate: np.ndarray, atol: float) -> np.ndarray:
-    """Top labels agree, or the reference itself cannot tell them apart (a tie within atol)."""
-    ref_top, cand_top = reference.argmax(axis=1), candidate.argmax(axis=1)
-    rows = np.arange(len(reference))
-    tie = reference[rows, ref_top] - reference[rows, cand_top] <= atol
-    return (ref_top == cand_top) | tie
-
-
 def check_parity(
     model: torch.nn.Module,
     onnx_path: Path,
@@ -127,7 +119,8 @@ def check_parity(
     task = checkpoint.task
     groups = batches_of_mixed_length(texts, batch_size)
     token_batches = encode_requests(tokenizer, groups, settings)
-    max_diff, agreements, cosines, truncated = 0.0, [], [], 0
+    comparison = task.comparison
+    max_diff, scores, truncated = 0.0, [], 0
     for batch in token_batches:
         feed = {name: batch.arrays[name] for name in checkpoint.input_names}  # not the offsets
         reference = _torch_outputs(model, feed, task.model_output)
@@ -136,21 +129,10 @@ def check_parity(
         real = (lambda a: a[mask]) if task.model_output_has_sequence_axis else (lambda a: a)
         max_diff = max(max_diff, float(np.abs(real(candidate) - real(reference)).max()))
         truncated += int(batch.truncated.sum())
-        if task.name == "embeddings":
-            pooling = checkpoint.pooling
-            a = postprocess.embed(reference, mask, pooling.mode, True)
-            b = postprocess.embed(candidate, mask, pooling.mode, True)
-            cosines.extend((a * b).sum(axis=1).tolist())
-        elif task.model_output_has_sequence_axis:  # token labels: every real token counts
-            agreements.extend(labels_agree(reference[mask], candidate[mask], atol).tolist())
-        else:
-            agreements.extend(labels_agree(reference, candidate, atol).tolist())
-    if task.name == "embeddings":
-        metric, value, threshold = "min_cosine", float(min(cosines)), 0.9999
-    elif task.model_output_has_sequence_axis:
-        metric, value, threshold = "token_label_agreement", float(np.mean(agreements)), 1.0
-    else:
-        metric, value, threshold = "label_agreement", float(np.mean(agreements)), 1.0
+        a, b = (comparable(task, raw, mask, checkpoint.pooling.mode) for raw in (reference, candidate))
+        scores.extend(comparison.scores(a, b, atol=atol).tolist())  # labels: a tie within atol agrees
+    metric, threshold = comparison.parity_metric, comparison.parity_threshold
+    value = comparison.parity_value(np.array(scores))
     ok = value >= threshold
     report = ParityReport(
         task=task.name,

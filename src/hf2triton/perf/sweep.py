@@ -18,10 +18,10 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from hf2triton.client.transport import PROTOCOLS, Transport, output_arrays, parse_endpoint
 from hf2triton.errors import ClientError, Hf2TritonError
 from hf2triton.cpu import CpuMeter, CpuUsage
 from hf2triton.perf.stats import (
@@ -36,8 +36,6 @@ from hf2triton.perf.stats import (
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("grpc", "http")
-TEXT_INPUT = "TEXT"
 
 
 @dataclass(frozen=True)
@@ -148,66 +146,44 @@ ProgressCallback = Callable[[str, int, float], None]  # (point label, windows so
 
 
 class _Connection:
-    """One tritonclient aio connection and what every request to the model needs."""
+    """The shared client transport (asyncio) to the model, and what every request needs.
+
+    Statistics go over a second transport: a busy HTTP pool would keep them waiting.
+    """
 
     def __init__(self, protocol: str, url: str, model: str, max_concurrency: int, timeout_s: float) -> None:
         self.protocol, self.url, self.model, self.timeout_s = protocol, url, model, timeout_s
-        if protocol == "grpc":
-            import tritonclient.grpc as module
-            import tritonclient.grpc.aio as aio
-
-            self.client: Any = aio.InferenceServerClient(url)
-            self.stats_client: Any = aio.InferenceServerClient(url)
-        else:
-            import tritonclient.http as module
-            import tritonclient.http.aio as aio
-
-            self.client = aio.InferenceServerClient(url, conn_limit=max_concurrency, conn_timeout=timeout_s)
-            # its own connection: a busy pool would keep the statistics request waiting
-            self.stats_client = aio.InferenceServerClient(url, conn_limit=1, conn_timeout=timeout_s)
-        self.module = module
+        endpoint = parse_endpoint(url, protocol)
+        self.transport = Transport(endpoint, model, asynchronous=True, timeout_s=timeout_s,
+                                   connections=max_concurrency)
+        self.stats_transport = Transport(endpoint, model, asynchronous=True, timeout_s=timeout_s, connections=1)
         self.steps: tuple[str, ...] = ()
         self.output_names: tuple[str, ...] = ()
 
     async def open(self) -> None:
-        try:
-            if self.protocol == "grpc":
-                config = await self.client.get_model_config(self.model, as_json=True)
-            else:
-                config = await self.client.get_model_config(self.model)
-        except Exception as exc:
-            from hf2triton.client import to_client_error
-
-            raise to_client_error(exc, url=self.url, model=self.model) from exc
+        with self.transport.translated():
+            config = await self.transport.model_config()
         body = config.get("config", config)
         self.steps = composing_models(self.model, body)
         self.output_names = tuple(output["name"] for output in body.get("output", []))
 
     async def close(self) -> None:
-        await self.client.close()
-        await self.stats_client.close()
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}  # HTTP: conn_timeout
+        for transport in (self.transport, self.stats_transport):
+            closing = transport.close()
+            if closing is not None:
+                await closing
 
     async def counters(self) -> dict[str, ModelCounters]:
-        if self.protocol == "grpc":
-            answer = await self.stats_client.get_inference_statistics(model_name="", as_json=True)
-        else:
-            answer = await self.stats_client.get_inference_statistics(model_name="")
-        return counters_by_model(answer)
+        return counters_by_model(await self.stats_transport.statistics())
 
     async def infer(self, batch: np.ndarray, recorder: _Recorder) -> None:
         start = time.perf_counter()
-        text = self.module.InferInput(TEXT_INPUT, list(batch.shape), "BYTES")
-        text.set_data_from_numpy(batch)
-        outputs = [self.module.InferRequestedOutput(name) for name in self.output_names]
+        request = self.transport.request(batch, self.output_names)
         sent = time.perf_counter()
         try:
-            result = await self.client.infer(self.model, [text], outputs=outputs, **self.kwargs())
+            result = await self.transport.infer(request)
             received = time.perf_counter()
-            for name in self.output_names:
-                result.as_numpy(name)
+            output_arrays(result, self.output_names)
         except Exception as exc:  # counted and reported per point, never hidden
             recorder.errors += 1
             recorder.first_error = recorder.first_error or f"{type(exc).__name__}: {exc}"

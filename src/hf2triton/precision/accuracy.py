@@ -2,7 +2,7 @@
 
 Both run in ONNX Runtime on the same held-out texts, padded per batch as served.
 The figure that decides is the one users feel: mean cosine of the pooled embedding,
-or top-label agreement for classifiers.
+or top-label agreement for classifiers (the task row's comparison, :mod:`hf2triton.tasks`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hf2triton.backends import postprocess
+from hf2triton.answers import answers as task_answers_of
 from hf2triton.backends.onnx_model import create_session
 from hf2triton.backends.tokenizer import TokenBatch, TokenizerSettings, encode_requests
 from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.precision.options import DEFAULT_MIN_AGREEMENT
+from hf2triton.tasks import METRIC_COSINE
 
 DEFAULT_MIN_COSINE = DEFAULT_MIN_AGREEMENT  # one --min-agreement sets both
 
@@ -56,18 +57,14 @@ class EvaluationSet:
 
 def task_answers(session, batches, checkpoint: Checkpoint) -> np.ndarray:
     """Unit-normalised embeddings, class probabilities per text, or per real token (NER)."""
-    answers = []
     output = checkpoint.task.model_output
-    for batch in batches:
-        raw = session.run([output], batch.arrays)[0].astype(np.float32)
-        if checkpoint.task.name == "embeddings":
-            answers.append(postprocess.embed(raw, batch.arrays["attention_mask"], checkpoint.pooling.mode, True))
-        elif checkpoint.task.model_output_has_sequence_axis:  # token classification: real tokens only
-            tokens = raw[batch.arrays["attention_mask"].astype(bool)]
-            answers.append(postprocess.softmax(tokens).astype(np.float32))
-        else:
-            answers.append(postprocess.classify(raw, list(checkpoint.labels), checkpoint.multi_label)[0])
-    return np.concatenate(answers)
+    return np.concatenate([
+        task_answers_of(
+            checkpoint.task, session.run([output], batch.arrays)[0].astype(np.float32),
+            batch.arrays["attention_mask"], checkpoint.pooling.mode, checkpoint.multi_label,
+        )
+        for batch in batches
+    ])
 
 
 def evaluation_set(
@@ -91,11 +88,9 @@ def compare(
     reference: np.ndarray, answers: np.ndarray, checkpoint: Checkpoint,
     min_cosine: float = DEFAULT_MIN_COSINE, min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> Accuracy:
-    if checkpoint.task.name == "embeddings":
-        cosine = (reference * answers).sum(axis=1)
-        return Accuracy("mean_cosine", float(cosine.mean()), float(cosine.min()), min_cosine)
-    if checkpoint.multi_label:
-        agree = ((reference >= 0.5) == (answers >= 0.5)).all(axis=1)
-    else:
-        agree = reference.argmax(axis=1) == answers.argmax(axis=1)
-    return Accuracy("label_agreement", float(agree.mean()), float(np.abs(reference - answers).max()), min_agreement)
+    comparison = checkpoint.task.comparison
+    scores = comparison.scores(reference, answers, multi_label=checkpoint.multi_label)
+    if comparison.metric == METRIC_COSINE:
+        return Accuracy(comparison.accuracy_metric, float(scores.mean()), float(scores.min()), min_cosine)
+    worst = float(np.abs(reference - answers).max())  # the largest probability change
+    return Accuracy(comparison.accuracy_metric, float(scores.mean()), worst, min_agreement)

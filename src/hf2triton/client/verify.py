@@ -10,7 +10,9 @@ with what a user of the checkpoint would compute with transformers itself:
 - token-classification: transformers' ``TokenClassificationPipeline`` with the served
   aggregation: the same entities (label, start, end, word) with scores within tolerance.
 
-The reference truncates at the served max length, as the served tokenizer does.
+The reference truncates at the served max length, as the served tokenizer does. What
+is compared is the task row's ``comparison.served`` (:mod:`hf2triton.tasks`); the
+reference model class is the row's ``auto_model``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from hf2triton.client import Classification, Client, Embedding, Entities, ModelInfo, Result
+from hf2triton import tasks
+from hf2triton.client.results import Classification, Embedding, Entities, ModelInfo, Result
+from hf2triton.client.sync import Client
 from hf2triton.errors import CheckpointError
 from hf2triton.export.parity import VERIFY_TEXTS
 from hf2triton.repository import MANIFEST
@@ -135,7 +139,7 @@ def _pooled(hidden, mask, mode: str):
     return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
 
 
-def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> np.ndarray:
+def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> np.ndarray:
     """sentence-transformers for its checkpoints; else AutoModel with the detected pooling."""
     import torch
 
@@ -148,7 +152,7 @@ def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo
         model.max_seq_length = info.max_sequence_length
         return model.encode(list(texts), batch_size=8, convert_to_numpy=True)
     pooling = sentence_transformers_pooling(checkpoint)
-    tokenizer, model = _tokenizer(checkpoint, info.max_sequence_length), _load("AutoModel", checkpoint)
+    tokenizer, model = _tokenizer(checkpoint, info.max_sequence_length), _load(task.auto_model, checkpoint)
     parts = []
     for batch in _batches(texts):
         encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
@@ -159,11 +163,11 @@ def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo
     return np.concatenate(parts)
 
 
-def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> np.ndarray:
+def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> np.ndarray:
     import torch
 
     tokenizer = _tokenizer(checkpoint, info.max_sequence_length)
-    model = _load("AutoModelForSequenceClassification", checkpoint)
+    model = _load(task.auto_model, checkpoint)
     parts = []
     for batch in _batches(texts):
         encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
@@ -173,12 +177,12 @@ def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelI
     return np.concatenate(parts)
 
 
-def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> list[list[dict]]:
+def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> list[list[dict]]:
     from transformers import pipeline
 
     ner = pipeline(
-        "token-classification",
-        model=_load("AutoModelForTokenClassification", checkpoint),
+        "token-classification",  # transformers' pipeline name, which groups token labels into entities
+        model=_load(task.auto_model, checkpoint),
         tokenizer=_tokenizer(checkpoint, info.max_sequence_length),
         aggregation_strategy=info.aggregation or "simple",
         device="cpu",
@@ -200,7 +204,7 @@ def compare_embedding(served: Result, expected: np.ndarray, info: ModelInfo, tol
         return _unexpected(served, Embedding)
     if served.vector.shape != expected.shape:
         return False, f"dimension {served.vector.shape[0]} served, {expected.shape[0]} expected"
-    cosine = float(np.dot(served.vector, expected) / max(np.linalg.norm(served.vector) * np.linalg.norm(expected), 1e-12))
+    cosine = float(tasks.cosines(served.vector, expected)[0])
     return cosine >= tolerance.min_cosine, f"cosine {cosine:.6f} (min {tolerance.min_cosine})"
 
 
@@ -233,17 +237,18 @@ def compare_entities(served: Result, expected: list[dict], info: ModelInfo, tole
 
 
 @dataclass(frozen=True)
-class _TaskCheck:
-    """How one task's reference is computed and compared; a new task is a new row."""
+class _Check:
+    """How one kind of served answer is computed in PyTorch and compared."""
 
-    reference: Callable[[Path, Sequence[str], ModelInfo], Sequence]
+    reference: Callable[[Path, Sequence[str], ModelInfo, tasks.Task], Sequence]
     compare: Callable[[Result, Any, ModelInfo, Tolerance], tuple[bool, str]]
 
 
-_TASKS = {
-    "embeddings": _TaskCheck(reference_embeddings, compare_embedding),
-    "sequence-classification": _TaskCheck(reference_probabilities, compare_classification),
-    "token-classification": _TaskCheck(reference_entities, compare_entities),
+# Keyed by the task row's ``comparison.served``: a new task reuses one or adds an answer kind.
+_CHECKS = {
+    tasks.ANSWER_EMBEDDING: _Check(reference_embeddings, compare_embedding),
+    tasks.ANSWER_CLASSIFICATION: _Check(reference_probabilities, compare_classification),
+    tasks.ANSWER_ENTITIES: _Check(reference_entities, compare_entities),
 }
 
 
@@ -281,17 +286,18 @@ def verify(
         raise CheckpointError(f"{checkpoint} is not a checkpoint directory (no config.json)")
     protocol, url = next(iter(urls.items()))
     info = served_info(url, protocol, model, timeout_s)
-    if info.task not in _TASKS:
+    task = tasks.TASKS.get(info.task)
+    if task is None or task.comparison.served not in _CHECKS:
         raise CheckpointError(f"model {model!r} serves task {info.task!r}, which verify cannot check")
+    check = _CHECKS[task.comparison.served]
     kept, skipped = within_limit(texts, info.max_text_bytes)
     sent = [texts[i] for i in kept]
     answers = {protocol: served_answers(url, protocol, model, sent, timeout_s) for protocol, url in urls.items()}
-    task = _TASKS[info.task]
     log.info("running %s in PyTorch on %d texts", checkpoint, len(sent))
-    expected = task.reference(checkpoint, sent, info) if sent else []
+    expected = check.reference(checkpoint, sent, info, task) if sent else []
     checks = []
     for protocol, results in answers.items():
         for index, text, served, reference in zip(kept, sent, results, expected):
-            passed, detail = task.compare(served, reference, info, tolerance)
+            passed, detail = check.compare(served, reference, info, tolerance)
             checks.append(TextCheck(protocol, index, text, passed, detail))
     return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
