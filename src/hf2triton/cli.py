@@ -507,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "range; write perf_analyzer -f CSV, per-step JSON and PNG plots.")
     add_perf_arguments(perf)
     perf.set_defaults(run=run_perf)
+
+    from hf2triton.gateway.command import DESCRIPTION, add_gateway_arguments, run_gateway_command
+
+    gateway = commands.add_parser("gateway", help="OpenAI/TEI-compatible HTTP front for a running Triton",
+                                  description=DESCRIPTION)
+    add_gateway_arguments(gateway)
+    gateway.set_defaults(run=run_gateway_command)
     return parser
 
 
