@@ -121,13 +121,14 @@ class ModelCatalog:
         self._models.pop(name, None)
 
     async def pick(self, name: str | None, task: str, default: str | None, route: str) -> ServedModel:
-        """The model a route that may name none should use: ``name``, else ``default``, else the only one of ``task``."""
-        if name is None and default is not None:
-            name = default
+        """The model a route that may name none should use: ``name``, else ``default`` when it serves
+        ``task``, else the only model of ``task``."""
         if name is not None:
             return await self.get(name)
         if not self._models or self._stale:
             await self.refresh()
+        if default is not None and default in self._models and self._models[default].info.task == task:
+            return self._models[default]
         candidates = [m for m in self._models.values() if m.info.task == task]
         if len(candidates) == 1:
             return candidates[0]
