@@ -202,3 +202,29 @@ def test_gateway_keeps_serving_through_bad_requests(gateway):
     metrics = get(gateway, "/metrics").body.decode()
     assert 'hf2triton_gateway_requests_total{endpoint="/v1/embeddings",status="200"}' in metrics
     assert 'hf2triton_gateway_errors_total{endpoint="/v1/embeddings",status="404"}' in metrics
+
+
+def test_gateway_follows_model_loads_and_unloads(repository, tmp_path):
+    """A server with explicit model control: the gateway notices an unload (404) and a reload (200)."""
+    import tritonclient.grpc as grpcclient
+
+    from hf2triton.server import LocalTritonServer, ServerConfig
+
+    root, _ = repository
+    config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0,
+                          model_control_mode="explicit", load_models=(DEFAULT,), log_file=tmp_path / "triton.log")
+    body = {"model": DEFAULT, "input": "hello"}
+    with LocalTritonServer(config).start(ready_timeout_s=180) as server, \
+            start_gateway(GatewaySettings(triton_url=server.grpc_url, port=0, refresh_interval_s=3600)) as gateway:
+        assert post(gateway.url, "/v1/embeddings", body).status == 200
+        assert_openai_error(post(gateway.url, "/v1/embeddings", {**body, "model": SENTIMENT}), 404, "not served")
+        control = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            control.unload_model(DEFAULT)
+            assert_openai_error(post(gateway.url, "/v1/embeddings", body), 404, f"'{DEFAULT}' is not served")
+            control.load_model(SENTIMENT)
+            control.load_model(DEFAULT)
+        finally:
+            control.close()
+        assert post(gateway.url, "/v1/embeddings", body).status == 200
+        assert SENTIMENT in {m["id"] for m in get(gateway.url, "/v1/models").json()["data"]}
