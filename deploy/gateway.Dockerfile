@@ -5,7 +5,7 @@ FROM python:3.12-slim
 
 COPY constraints.txt /opt/hf2triton/constraints.txt
 RUN python -m pip install --no-cache-dir --constraint /opt/hf2triton/constraints.txt \
-        numpy tokenizers "tritonclient[grpc]" starlette uvicorn prometheus-client
+        numpy tokenizers "tritonclient[grpc]" starlette uvicorn httptools orjson prometheus-client
 
 COPY pyproject.toml README.md /opt/hf2triton/
 COPY src /opt/hf2triton/src

@@ -59,12 +59,16 @@ class Cell:
     p50_ms: float
     p99_ms: float
     cpu_other_pct: float
+    gateway_cpu_ms_per_request: float  # CPU the gateway process spent per answered request (gateway cells)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--triton-url", help="a running Triton's gRPC HOST:PORT (default: export the default "
                         "model into a temporary repository and start the bundled server)")
+    parser.add_argument("--model-repository", type=Path, help="the repository that Triton serves, when it is on "
+                        "this machine: the gateway counts tokens with its tokenizer.json, as `hf2triton serve "
+                        "--gateway-port` does (without it, each request also runs the tokenizer step on Triton)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embeddings ensemble (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--seconds", type=float, default=10.0, help="per cell (default: %(default)s)")
@@ -75,10 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def triton(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
-    """(gRPC URL, server process group or None) of the Triton to measure."""
+def triton(args: argparse.Namespace) -> Iterator[tuple[str, int | None, Path | None]]:
+    """(gRPC URL, server process group or None, model repository or None) of the Triton to measure."""
     if args.triton_url:
-        yield args.triton_url, None
+        yield args.triton_url, None, args.model_repository
         return
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.server import LocalTritonServer, ServerConfig
@@ -89,25 +93,27 @@ def triton(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
         export_checkpoint(ExportOptions(output_dir=root, name=args.model))
         config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0)
         with LocalTritonServer(config).start(ready_timeout_s=300) as server:
-            yield server.grpc_url, os.getpgid(server.pid)
+            yield server.grpc_url, os.getpgid(server.pid), root
 
 
 @contextlib.contextmanager
-def gateway_process(triton_url: str) -> Iterator[tuple[str, int]]:
-    """(base URL, pid) of a gateway subprocess, stopped on exit."""
+def gateway_process(triton_url: str, repository: Path | None, log: Path) -> Iterator[tuple[str, int]]:
+    """(base URL, pid) of a gateway subprocess logging to ``log``, stopped on exit."""
     from hf2triton.server import free_port
 
     port = free_port()
+    extra = ["--model-repository", str(repository)] if repository else []
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("HF2TRITON_GATEWAY_API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "hf2triton.cli", "gateway", "--triton-url", triton_url,
-                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "hf2triton.gateway", "--triton-url", triton_url,
+                                "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL,
+                               stderr=log.open("wb"))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise SystemExit(f"the gateway exited: {process.stderr.read().decode()[-2000:]}")
+                raise SystemExit(f"the gateway exited: {log.read_text()[-2000:]}")
             with contextlib.suppress(OSError):
                 if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
                     break
@@ -184,8 +190,12 @@ async def measure(path: str, url: str, model: str, texts: list[str], concurrency
     usage = CpuMeter.usage(before, after)
     gateway_pct = 100.0 * (gateway_after - gateway_before) / max(1, after.total - before.total)
     ms = np.asarray(latencies) * 1000 if latencies else np.array([float("nan")])
+    # Requests of the warm-up are answered too: spread the gateway's CPU over every request sent.
+    answered = max(1, round(len(latencies) * (args.warmup + seconds) / seconds))
+    gateway_ms = 1000.0 * (gateway_after - gateway_before) / os.sysconf("SC_CLK_TCK") / answered
     return Cell(path, concurrency, len(latencies), errors, seconds, len(latencies) / seconds,
-                float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), max(0.0, usage.other_pct - gateway_pct))
+                float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), max(0.0, usage.other_pct - gateway_pct),
+                gateway_ms if path == "gateway" else 0.0)
 
 
 def summarise(cells: list[Cell], concurrency: int) -> dict[str, float]:
@@ -194,20 +204,25 @@ def summarise(cells: list[Cell], concurrency: int) -> dict[str, float]:
         "throughput_ratio": statistics.median(g.throughput / d.throughput for d, g in pairs if d.throughput),
         "added_p50_ms": statistics.median(g.p50_ms - d.p50_ms for d, g in pairs),
         "added_p99_ms": statistics.median(g.p99_ms - d.p99_ms for d, g in pairs),
+        "gateway_cpu_ms_per_request": statistics.median(g.gateway_cpu_ms_per_request for _, g in pairs),
     }
 
 
-async def run(args: argparse.Namespace, triton_url: str, server_pgid: int | None, texts: list[str]) -> list[Cell]:
+async def run(args: argparse.Namespace, triton_url: str, server_pgid: int | None, repository: Path | None,
+              texts: list[str]) -> list[Cell]:
     meter = CpuMeter(server_pgid)
     cells: list[Cell] = []
-    with gateway_process(triton_url) as (gateway_url, gateway_pid):
+    log = args.output.with_suffix(".gateway.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with gateway_process(triton_url, repository, log) as (gateway_url, gateway_pid):
         for concurrency in args.concurrency:
             for _ in range(args.rounds):
                 for path, url in (("direct", triton_url), ("gateway", gateway_url)):
                     cell = await measure(path, url, args.model, texts, concurrency, args, meter, gateway_pid)
                     cells.append(cell)
                     print(f"  c{concurrency:<3} {path:8} {cell.throughput:8.1f} texts/s  p50 {cell.p50_ms:7.2f} ms  "
-                          f"p99 {cell.p99_ms:7.2f} ms  errors {cell.errors}  other CPU {cell.cpu_other_pct:4.0f}%",
+                          f"p99 {cell.p99_ms:7.2f} ms  errors {cell.errors}  other CPU {cell.cpu_other_pct:4.0f}%"
+                          + (f"  gateway CPU {cell.gateway_cpu_ms_per_request:.2f} ms/request" if path == "gateway" else ""),
                           flush=True)
     return cells
 
@@ -218,13 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {os.cpu_count()} cores, flags {' '.join(cpu_flags()) or 'none of AVX2/AVX-512/VNNI'}; "
           f"{len(texts)} corpus texts, one text per request; {args.rounds} rounds of {args.seconds:g} s cells",
           flush=True)
-    with triton(args) as (triton_url, server_pgid):
-        cells = asyncio.run(run(args, triton_url, server_pgid, texts))
+    with triton(args) as (triton_url, server_pgid, repository):
+        cells = asyncio.run(run(args, triton_url, server_pgid, repository, texts))
     summary = {c: summarise(cells, c) for c in args.concurrency}
     print("\ngateway vs direct gRPC (median over rounds)")
     for concurrency, s in summary.items():
         print(f"  c{concurrency:<3} throughput {s['throughput_ratio']:.2f}x   added p50 {s['added_p50_ms']:+.2f} ms   "
-              f"added p99 {s['added_p99_ms']:+.2f} ms")
+              f"added p99 {s['added_p99_ms']:+.2f} ms   gateway CPU {s['gateway_cpu_ms_per_request']:.2f} ms/request")
     if 16 in summary:
         print(f"target at c16: throughput >= {TARGET_THROUGHPUT_RATIO}x -> {summary[16]['throughput_ratio']:.2f}x")
     if 1 in summary:

@@ -68,7 +68,7 @@ def test_openai_sdk_sees_triton_down_as_a_503(gateway):
     ({"model": "m", "input": "hi", "encoding_format": "int8"}, ["'encoding_format' must be one of float, base64"]),
     ({"model": "m", "input": "hi", "dimensions": "8"}, ["'dimensions' must be an integer"]),
     ({"model": "m", "input": "hi", "dimensions": True}, ["'dimensions' must be an integer", "boolean"]),
-    ({"model": "m", "input": "\ud800"}, ["not valid Unicode"]),
+    ({"model": "m", "input": "\ud800"}, ["not valid JSON", "surrogate"]),
 ])
 def test_openai_bad_requests_are_400_naming_the_field(gateway, body, words):
     error = assert_openai_error(post(gateway, "/v1/embeddings", body), 400, *words)

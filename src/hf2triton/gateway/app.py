@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +27,7 @@ from hf2triton.gateway import openai_api, tei_api
 from hf2triton.gateway.catalog import ModelCatalog
 from hf2triton.gateway.errors import ApiError, flavour_of, from_client_error, render, unexpected
 from hf2triton.gateway.metrics import GatewayMetrics
+from hf2triton.gateway.responses import FastJSONResponse
 from hf2triton.gateway.service import GatewayService
 from hf2triton.gateway.settings import GatewaySettings
 from hf2triton.gateway.state import GatewayState
@@ -63,7 +64,7 @@ async def health(request: Request) -> Response:
         return render(ApiError(503, f"Triton is unreachable: {exc}"), "tei")
     if not ready:
         return render(ApiError(503, "Triton is not ready"), "tei")
-    return JSONResponse({"status": "ok", "models": sorted(state.service.catalog.models)})
+    return FastJSONResponse({"status": "ok", "models": sorted(state.service.catalog.models)})
 
 
 async def metrics(request: Request) -> Response:
@@ -128,10 +129,10 @@ class Observed:
             self._metrics.observe(endpoint, status, elapsed)
             if access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("", 0)
-                access_logger.info(json.dumps({
+                access_logger.info(orjson.dumps({
                     "method": scope["method"], "path": path, "status": status, "bytes": sent,
                     "duration_ms": round(elapsed * 1000, 3), "client": client[0],
-                }))
+                }).decode())
 
     def _authorised(self, scope: Scope) -> bool:
         for key, value in scope["headers"]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from starlette.responses import JSONResponse
 
 from hf2triton.errors import ClientError, InvalidInputError, ServerUnavailableError
+from hf2triton.gateway.responses import FastJSONResponse
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ def from_client_error(exc: ClientError) -> ApiError:
     return ApiError(502, str(exc), None, "triton_error")
 
 
-def render(error: ApiError, flavour: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def render(error: ApiError, flavour: str, headers: dict[str, str] | None = None) -> FastJSONResponse:
     """The error response in the shape of ``flavour`` (:data:`OPENAI` or :data:`TEI`)."""
     if flavour == OPENAI:
         kind = _OPENAI_TYPES.get(error.status, "invalid_request_error")
         body: dict = {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
     else:
         body = {"error": error.message, "error_type": _TEI_TYPES.get(error.status, "Validation")}
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    return FastJSONResponse(body, status_code=error.status, headers=headers)
 
 
 def flavour_of(path: str) -> str:
@@ -78,7 +78,7 @@ def flavour_of(path: str) -> str:
     return OPENAI if path.startswith("/v1/") else TEI
 
 
-def unexpected(exc: BaseException, path: str) -> JSONResponse:
+def unexpected(exc: BaseException, path: str) -> FastJSONResponse:
     """A bug, not a bad request: log the traceback here, answer without it."""
     logger.error("unexpected error answering %s", path, exc_info=exc)
     return render(ApiError(500, f"internal error ({type(exc).__name__}); see the gateway log"), flavour_of(path))

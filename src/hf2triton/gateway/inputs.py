@@ -6,13 +6,13 @@ limit, so handlers stay a straight line from request to answer.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 
 from hf2triton.client import ModelInfo
 from hf2triton.gateway.errors import ApiError, bad_request, too_large
+from hf2triton.gateway.responses import loads as parse_json
 
 _MISSING = object()
 
@@ -30,8 +30,8 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     if not body:
         raise bad_request("the request body is empty; send a JSON object")
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        document = parse_json(bytes(body))
+    except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise bad_request(f"the request body must be a JSON object, not {type(document).__name__}")
@@ -87,20 +87,11 @@ def check_text_sizes(texts: list[str], info: ModelInfo, name: str) -> None:
     limit = info.max_text_bytes
     if limit <= 0:
         return
-    over = [(i, n) for i, n in enumerate(len(t.encode("utf-8", "surrogatepass")) for t in texts) if n > limit]
+    over = [(i, n) for i, n in enumerate(len(t.encode("utf-8")) for t in texts) if n > limit]
     if over:
         shown = "; ".join(f"{name}[{i}] is {n} UTF-8 bytes" for i, n in over[:5])
         more = f" (and {len(over) - 5} more)" if len(over) > 5 else ""
         raise too_large(f"{shown}{more}: over model {info.name!r}'s limit of {limit} bytes per text", name)
-
-
-def check_encodable(texts: list[str], name: str) -> None:
-    """JSON may carry lone surrogates (``"\\ud800"``), which are no UTF-8 text."""
-    for i, text in enumerate(texts):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise bad_request(f"{name}[{i}] is not valid Unicode ({exc.reason} at position {exc.start})", name) from None
 
 
 def require_task(info: ModelInfo, task: str, route: str) -> None:

@@ -13,11 +13,13 @@ import base64
 import uuid
 from typing import Any
 
+import numpy as np
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from hf2triton.gateway.errors import bad_request
-from hf2triton.gateway.inputs import check_encodable, check_text_sizes, field, read_json, require_task, text_list
+from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
+from hf2triton.gateway.responses import FastJSONResponse
 from hf2triton.gateway.service import TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, renormalised
 from hf2triton.gateway.state import GatewayState
 
@@ -28,7 +30,7 @@ def _state(request: Request) -> GatewayState:
     return request.app.state.gateway
 
 
-async def embeddings(request: Request) -> JSONResponse:
+async def embeddings(request: Request) -> FastJSONResponse:
     state = _state(request)
     body = await read_json(request, state.settings.max_request_bytes)
     name = field(body, "model", str)
@@ -44,7 +46,6 @@ async def embeddings(request: Request) -> JSONResponse:
         raise bad_request(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, not {encoding!r}",
                           "encoding_format")
     dimensions = field(body, "dimensions", int, None)
-    check_encodable(texts, "input")
     served = await state.service.catalog.get(name)
     require_task(served.info, TASK_EMBEDDINGS, "/v1/embeddings")
     check_text_sizes(texts, served.info, "input")
@@ -58,9 +59,9 @@ async def embeddings(request: Request) -> JSONResponse:
     if encoding == "base64":  # little-endian float32, as OpenAI's SDK decodes it
         encoded: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
     else:
-        encoded = vectors.tolist()
+        encoded = list(np.ascontiguousarray(vectors, dtype=np.float32))  # orjson writes float32 rows exactly
     tokens = sum(result.tokens)
-    return JSONResponse({
+    return FastJSONResponse({
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
         "model": name,
@@ -68,10 +69,10 @@ async def embeddings(request: Request) -> JSONResponse:
     })
 
 
-async def models(request: Request) -> JSONResponse:
+async def models(request: Request) -> FastJSONResponse:
     state = _state(request)
     served = await state.service.catalog.refresh()
-    return JSONResponse({"object": "list", "data": [
+    return FastJSONResponse({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "hf2triton", "task": m.info.task,
          "max_sequence_length": m.info.max_sequence_length, "max_batch_size": m.info.max_batch_size}
         for name, m in sorted(served.items())
@@ -85,7 +86,7 @@ def _documents(value: Any, max_inputs: int) -> list[str]:
     return text_list(value, "documents", max_inputs)
 
 
-async def rerank(request: Request) -> JSONResponse:
+async def rerank(request: Request) -> FastJSONResponse:
     state = _state(request)
     body = await read_json(request, state.settings.max_request_bytes)
     name = field(body, "model", str, None)
@@ -95,7 +96,6 @@ async def rerank(request: Request) -> JSONResponse:
     if top_n < 1:
         raise bad_request(f"'top_n' must be >= 1, not {top_n}", "top_n")
     return_documents = field(body, "return_documents", bool, False)
-    check_encodable([query, *documents], "documents")
     served = await state.service.catalog.pick(name, TASK_RERANK, state.settings.default_model, "/v1/rerank")
     if served.info.task != TASK_RERANK:
         raise not_a_reranker(served)
@@ -109,7 +109,7 @@ async def rerank(request: Request) -> JSONResponse:
         if return_documents:
             item["document"] = {"text": documents[i]}
         results.append(item)
-    return JSONResponse({"id": str(uuid.uuid4()), "model": served.info.name, "results": results,
+    return FastJSONResponse({"id": str(uuid.uuid4()), "model": served.info.name, "results": results,
                          "usage": {"total_tokens": sum(tokens)}})
 
 

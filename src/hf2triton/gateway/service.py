@@ -70,10 +70,12 @@ class GatewayService:
 
     async def embed(self, served: ServedModel, texts: list[str]) -> Embeddings:
         outputs = (contract.OUTPUT_EMBEDDING, contract.OUTPUT_TRUNCATED)
-        arrays, tokens = await asyncio.gather(
-            self._triton(served, self.connection.infer_columns(served.info, {contract.INPUT_TEXT: texts}, outputs)),
-            self._triton(served, served.tokens.count(texts)),
-        )
+        inference = self._triton(served, self.connection.infer_columns(served.info, {contract.INPUT_TEXT: texts}, outputs))
+        if served.tokens.remote:
+            arrays, tokens = await asyncio.gather(inference, self._triton(served, served.tokens.count(texts)))
+        else:  # microseconds: two tasks for gather would cost more than counting
+            tokens = await served.tokens.count(texts)
+            arrays = await inference
         vectors = np.asarray(arrays[contract.OUTPUT_EMBEDDING], dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise ApiError(502, f"model {served.info.name!r} returned embeddings of shape {list(vectors.shape)} "

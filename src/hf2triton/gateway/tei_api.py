@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from hf2triton.gateway.errors import ApiError, bad_request
-from hf2triton.gateway.inputs import check_encodable, check_text_sizes, field, read_json, require_task, text_list
+from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
+from hf2triton.gateway.responses import FastJSONResponse
 from hf2triton.gateway.service import TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, renormalised
 from hf2triton.gateway.state import GatewayState
 
@@ -35,7 +37,7 @@ def _refuse_truncation(truncated: list[bool], max_length: int, name: str) -> Non
                        f"{max_length} tokens; send \"truncate\": true to cut them", name, "too_long")
 
 
-async def embed(request: Request) -> JSONResponse:
+async def embed(request: Request) -> FastJSONResponse:
     state = _state(request)
     body = await read_json(request, state.settings.max_request_bytes)
     texts = text_list(body.get("inputs"), "inputs", state.settings.max_inputs)
@@ -49,7 +51,6 @@ async def embed(request: Request) -> JSONResponse:
     if field(body, "prompt_name", str, None) is not None:
         raise bad_request("'prompt_name' is not supported: prepend the prompt to the text", "prompt_name")
     dimensions = field(body, "dimensions", int, None)
-    check_encodable(texts, "inputs")
     served = await state.service.catalog.pick(field(body, "model", str, None), TASK_EMBEDDINGS,
                                               state.settings.default_model, "/embed")
     require_task(served.info, TASK_EMBEDDINGS, "/embed")
@@ -62,7 +63,7 @@ async def embed(request: Request) -> JSONResponse:
         if not 1 <= dimensions <= vectors.shape[1]:
             raise bad_request(f"'dimensions' must be between 1 and {vectors.shape[1]}, not {dimensions}", "dimensions")
         vectors = renormalised(vectors, dimensions)
-    return JSONResponse(vectors.tolist())
+    return FastJSONResponse(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 def _predict_inputs(value: Any) -> tuple[list[list[str]], bool]:
@@ -82,7 +83,7 @@ def _predict_inputs(value: Any) -> tuple[list[list[str]], bool]:
     raise bad_request("'inputs' must be a string, a pair [a, b] or a batch [[a], [b, c], ...]", "inputs")
 
 
-async def predict(request: Request) -> JSONResponse:
+async def predict(request: Request) -> FastJSONResponse:
     state = _state(request)
     body = await read_json(request, state.settings.max_request_bytes)
     sequences, batched = _predict_inputs(body.get("inputs"))
@@ -99,17 +100,16 @@ async def predict(request: Request) -> JSONResponse:
     if any(len(s) == 2 for s in sequences):
         raise bad_request(f"model {served.info.name!r} classifies single texts; it takes no text pairs", "inputs")
     texts = [s[0] for s in sequences]
-    check_encodable(texts, "inputs")
     check_text_sizes(texts, served.info, "inputs")
     results = await state.service.classify(served, texts)
     if not truncate:
         _refuse_truncation([r.truncated for r in results], served.info.max_sequence_length, "inputs")
     answers = [[{"score": score, "label": label}
                 for label, score in sorted(r.scores.items(), key=lambda item: -item[1])] for r in results]
-    return JSONResponse(answers if batched else answers[0])
+    return FastJSONResponse(answers if batched else answers[0])
 
 
-async def rerank(request: Request) -> JSONResponse:
+async def rerank(request: Request) -> FastJSONResponse:
     state = _state(request)
     body = await read_json(request, state.settings.max_request_bytes)
     query = field(body, "query", str)
@@ -121,7 +121,6 @@ async def rerank(request: Request) -> JSONResponse:
     if top_n < 1:
         raise bad_request(f"'top_n' must be >= 1, not {top_n}", "top_n")
     field(body, "truncate", bool, False)
-    check_encodable([query, *texts], "texts")
     served = await state.service.catalog.pick(field(body, "model", str, None), TASK_RERANK,
                                               state.settings.default_model, "/rerank")
     if served.info.task != TASK_RERANK:
@@ -136,4 +135,4 @@ async def rerank(request: Request) -> JSONResponse:
         if return_text:
             item["text"] = texts[i]
         answer.append(item)
-    return JSONResponse(answer)
+    return FastJSONResponse(answer)

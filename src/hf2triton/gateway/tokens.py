@@ -29,10 +29,13 @@ from hf2triton.client import ModelInfo
 
 logger = logging.getLogger(__name__)
 
+_SERIAL_MAX = 8
 ATTENTION_MASK = "attention_mask"  # the tokenizer step's output whose row sums are token counts
 
 
 class TokenCounter(Protocol):
+    remote: bool  # counting sends a request (run it concurrently with the inference), or is local and fast
+
     async def count(self, texts: list[str]) -> list[int]: ...
 
 
@@ -42,8 +45,11 @@ class LocalTokenCounter:
 
     tokenizer: object  # tokenizers.Tokenizer
     source: Path
+    remote: bool = False
 
     async def count(self, texts: list[str]) -> list[int]:
+        if len(texts) <= _SERIAL_MAX:  # encode_batch hands work to a thread pool: slower for a few texts
+            return [len(self.tokenizer.encode(text, add_special_tokens=True).ids) for text in texts]
         return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
 
 
@@ -54,6 +60,7 @@ class TritonTokenCounter:
     connection: object  # hf2triton.gateway.triton.TritonConnection
     step: ModelInfo
     text_input: str = contract.INPUT_TEXT
+    remote: bool = True
 
     async def count(self, texts: list[str]) -> list[int]:
         arrays = await self.connection.infer_columns(self.step, {self.text_input: texts}, (ATTENTION_MASK,))
@@ -62,6 +69,8 @@ class TritonTokenCounter:
 
 @dataclass(frozen=True)
 class NoTokenCounter:
+    remote: bool = False
+
     async def count(self, texts: list[str]) -> list[int]:
         return [0] * len(texts)
 
