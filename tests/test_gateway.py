@@ -14,7 +14,7 @@ from conftest import DEFAULT, SENTIMENT, TOPICS
 from gateway_http import assert_openai_error, assert_tei_error, get, post
 from hf2triton.client import Client
 from hf2triton.export.parity import LONG_TEXT, PARITY_TEXTS
-from hf2triton.gateway import GatewaySettings, start_gateway
+from hf2triton.gateway import GatewaySettings, start_beside, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -26,8 +26,8 @@ MAX_LENGTH = 256  # the default model's served max sequence length
 def gateway(server, repository):
     """Beside the repository: token counts from each model's own tokenizer.json."""
     root, _ = repository
-    settings = GatewaySettings(triton_url=server.grpc_url, port=0, model_repository=root)
-    with start_gateway(settings) as running:
+    with start_beside(server, port=0) as running:  # what `hf2triton serve --gateway-port` starts
+        assert running.settings.model_repository == root
         yield running.url
 
 

@@ -94,3 +94,21 @@ class GatewayThread:
 def start_gateway(settings: GatewaySettings, timeout_s: float = 30.0) -> GatewayThread:
     """A gateway listening in a background thread (e.g. beside ``LocalTritonServer``)."""
     return GatewayThread(settings).start(timeout_s)
+
+
+def start_beside(server: object, port: int, timeout_s: float = 30.0, **overrides: object) -> GatewayThread:
+    """A gateway for a running :class:`~hf2triton.server.LocalTritonServer` (``hf2triton serve --gateway-port``).
+
+    It talks to the server's gRPC port, counts tokens with the served repository's
+    tokenizers, uses the server's admin key for the repository index, and reads the
+    API key from :data:`~hf2triton.gateway.settings.API_KEY_ENV`.
+    """
+    config = server.config  # type: ignore[attr-defined]
+    settings = GatewaySettings.from_environment(
+        **{"triton_url": server.grpc_url, "port": port,  # type: ignore[attr-defined]
+           "model_repository": config.model_repository, **overrides})
+    if settings.triton_admin_key is None and getattr(config, "restricted_api_key", None):
+        import dataclasses
+
+        settings = dataclasses.replace(settings, triton_admin_key=config.restricted_api_key)
+    return start_gateway(settings, timeout_s)
