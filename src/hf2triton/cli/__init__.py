@@ -14,14 +14,14 @@ import os
 import sys
 from typing import NoReturn
 
-from hf2triton.cli import check, export, infer, perf, serve, verify
+from hf2triton.cli import check, export, gateway, infer, perf, serve, verify
 from hf2triton.errors import Hf2TritonError
 
 USAGE_ERROR = 2  # argparse's status for a usage mistake; the CLI uses it for every user mistake
 INTERRUPTED = 130
 DESCRIPTION = "Hugging Face checkpoint → ONNX → Triton model repository → served, checked and measured."
 # Command groups in the order `hf2triton --help` lists them.
-COMMANDS = (export, serve, infer, verify, check, perf)
+COMMANDS = (export, serve, infer, verify, check, perf, gateway)
 
 
 class Parser(argparse.ArgumentParser):

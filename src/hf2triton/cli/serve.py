@@ -28,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("serve", help="run the bundled CPU tritonserver on 127.0.0.1 until Ctrl-C")
     add_server_arguments(parser)
     add_supervision_arguments(parser)
+    add_gateway_port_argument(parser)
     parser.set_defaults(run=run_serve)
 
     health = commands.add_parser(
@@ -69,6 +70,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         default=LibraryDefault(CONFIG, "allow_unauthenticated_model_control"),
                         help="allow --model-control-mode explicit without an admin key (anyone who reaches "
                         "the server can then load and unload models)")
+
+
+def add_gateway_port_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gateway-port", type=int, default=None, metavar="PORT",
+                        help="also run the OpenAI/TEI-compatible gateway (hf2triton gateway) on 127.0.0.1:PORT "
+                        "(0 picks a free port)")
 
 
 def add_supervision_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +125,9 @@ def run_serve(args: argparse.Namespace) -> int:
                            "run `python build/export.py` first")
     # An export killed mid-install leaves a journal: finish or roll it back before Triton reads the folder.
     recover_repository(args.model_repository)
-    return serve(config, health_watch=args.health_watch, policy=policy)
+    if args.gateway_port is not None and not 0 <= args.gateway_port <= 65535:
+        raise OptionsError(f"--gateway-port must be in 0..65535, got {args.gateway_port}")
+    return serve(config, health_watch=args.health_watch, policy=policy, gateway_port=args.gateway_port)
 
 
 def run_health(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from types import FrameType
-from typing import Callable
+from typing import Any, Callable
 
 from hf2triton.errors import ServerError
 from hf2triton.serving.config import RESTRICTED_APIS, RESTRICTED_KEY_HEADER, ServerConfig
@@ -45,6 +45,7 @@ def serve(
     ready_timeout_s: float = 120,
     health_watch: bool = True,
     policy: SupervisionPolicy | None = None,
+    gateway_port: int | None = None,
 ) -> int:
     """Run the server until SIGINT or SIGTERM (Ctrl-C); return an exit status.
 
@@ -52,13 +53,15 @@ def serve(
     requested shutdown, 130 when start-up was interrupted, the server's own (non-zero)
     status if it died by itself, and 1 when restarts gave up (the reason is logged).
     With ``health_watch``, a python-backend stub that dies makes it restart the server
-    as ``policy`` says (see :mod:`hf2triton.serving.watch`). Raises ServerError when the
-    server does not become ready.
+    as ``policy`` says (see :mod:`hf2triton.serving.watch`). With ``gateway_port``, the
+    OpenAI/TEI gateway (:mod:`hf2triton.gateway`) runs beside the server on that port and
+    follows it across restarts. Raises ServerError when the server does not become ready.
     """
     policy = policy or SupervisionPolicy(ready_timeout_s=ready_timeout_s)
     stop = _StopFlag()
     server = LocalTritonServer(config)
     previous = _install_handlers(stop)
+    gateway = _GatewayBeside(gateway_port) if gateway_port is not None else None
     try:
         try:
             server.start(ready_timeout_s, cancel=stop)
@@ -67,14 +70,49 @@ def serve(
                 logger.info("start-up interrupted")
                 return 130
             raise
-        result = supervise(server, policy if health_watch else None, stop, on_ready=_log_endpoints)
+        on_ready = _log_endpoints if gateway is None else gateway.beside(_log_endpoints)
+        result = supervise(server, policy if health_watch else None, stop, on_ready=on_ready)
         if result.exit_status != 0:
             logger.error("%s", result.reason)
         return result.exit_status
     finally:
+        if gateway is not None:
+            gateway.stop()
         server.stop(timeout_s=SHUTDOWN_GRACE_S, term_timeout_s=0.5, reap_s=0.5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@dataclass
+class _GatewayBeside:
+    """The gateway thread of ``serve --gateway-port``: started once the server is ready,
+    restarted only when a server restart moved the gRPC port (ports of 0 are re-picked)."""
+
+    port: int
+    thread: Any = None  # hf2triton.gateway.GatewayThread (imported only when asked for)
+    triton_url: str | None = None
+
+    def beside(self, log_endpoints: Callable[[LocalTritonServer], None]) -> Callable[[LocalTritonServer], None]:
+        def on_ready(server: LocalTritonServer) -> None:
+            log_endpoints(server)
+            self.follow(server)
+
+        return on_ready
+
+    def follow(self, server: LocalTritonServer) -> None:
+        if self.thread is not None and self.triton_url == server.grpc_url:
+            return
+        self.stop()
+        from hf2triton.gateway import start_beside
+
+        self.thread = start_beside(server, port=self.port)
+        self.triton_url = server.grpc_url
+        logger.info("gateway  %s (OpenAI /v1/embeddings; TEI /embed, /predict, /rerank)", self.thread.url)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
 
 
 def _install_handlers(stop: _StopFlag) -> dict[int, _Handler]:
