@@ -42,6 +42,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from hf2triton import contract
 from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
 from hf2triton.backends.fused import AnswerSettings
+from hf2triton.backends.onnx_model import InputLimits
 from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.export.checkpoint import Checkpoint
@@ -277,7 +278,8 @@ def step_models(
         max_batch_size=mbs,
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
-        parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads)},
+        parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads),
+                    "limits": InputLimits(settings.vocab_size, settings.type_vocab_size, settings.max_length).to_json()},
         version_policy=policy,
         warmup=warmup(token_tensors),
     )

@@ -4,7 +4,9 @@ The same client contract as the ensemble (``TEXT`` in; ``EMBEDDING`` or ``LABEL`
 ``SCORES``, and ``TRUNCATED`` out; the ensemble's parameters on this model's config),
 without the two extra hops between steps. All texts of all requests in one
 ``execute`` call are tokenized in one Rust batch call, grouped by sequence-length
-bucket, run through ONNX Runtime once per bucket and postprocessed per bucket.
+bucket, run through ONNX Runtime once per bucket and postprocessed per bucket. A bad
+request gets its own error; if the merged run raises, each request is run on its own
+so only the culprit fails.
 
 Self-contained when served: the three step modules are copied beside this file
 (``tokenizer.py``, ``onnx_model.py``, ``postprocess.py``) and imported from there.
@@ -13,6 +15,7 @@ Self-contained when served: the three step modules are copied beside this file
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ except ImportError:  # pragma: no cover - exercised outside Triton
 
 STEP_MODULES = ("tokenizer", "onnx_model", "postprocess")  # copied beside model.py
 EMBEDDING_OUTPUT = "EMBEDDING"  # equal to hf2triton.contract's
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,25 +118,46 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        texts, counts, valid = [], [], []
+        texts_per_request, valid = [], []
         for i, request in enumerate(requests):
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
-                decoded = tokenizer.decode_texts(raw, self.token_settings.max_text_bytes)
+                texts_per_request.append(tokenizer.decode_texts(raw, self.token_settings.max_text_bytes))
+                valid.append(i)
             except tokenizer.TextInputError as exc:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                )
+                responses[i] = _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
+        for i, outputs in zip(valid, self._run(texts_per_request)):
+            if isinstance(outputs, Exception):
+                responses[i] = _error_response(f"fused model failed on this request: {outputs}",
+                                               pb_utils.TritonError.INTERNAL)
                 continue
-            texts.extend(decoded)
-            counts.append(len(decoded))
-            valid.append(i)
-        outputs = run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
-                            self.truncated_output)
-        start = 0
-        for i, count in zip(valid, counts):
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start : start + count]))
-                       for name in self.output_names]
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name])) for name in self.output_names]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-            start += count
         return responses
+
+    def _run_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
+                         self.truncated_output)
+
+    def _run(self, texts_per_request: list[list[str]]) -> list:
+        """Each request's outputs (or its exception): all in one run, else one run per request."""
+        try:
+            outputs = self._run_texts([text for texts in texts_per_request for text in texts])
+        except Exception:  # noqa: BLE001 - isolate whichever request raised, whatever it raised
+            logger.exception("a batched run of %d requests failed; retrying them one by one", len(texts_per_request))
+            return [self._run_one(texts) for texts in texts_per_request]
+        answers, start = [], 0
+        for texts in texts_per_request:
+            answers.append({name: outputs[name][start : start + len(texts)] for name in self.output_names})
+            start += len(texts)
+        return answers
+
+    def _run_one(self, texts: list[str]):
+        try:
+            return self._run_texts(texts)
+        except Exception as exc:  # noqa: BLE001 - becomes this request's error response
+            return exc
+
+
+def _error_response(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

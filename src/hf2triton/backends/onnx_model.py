@@ -4,12 +4,19 @@ python backend (the bundled CPU server).
 
 Requests that arrive together and share a shape (the tokenizer pads to buckets)
 are concatenated into one ONNX Runtime call.
+
+Any client can call this step directly, so each request is checked on its own
+(dtype, rank, shapes, id ranges, positions; :func:`check_feed`) and a bad one gets
+its own error while its batch-mates get their answers; if a merged run still raises,
+its requests are run one by one so only the culprit fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +26,61 @@ try:  # only importable inside tritonserver's python stub
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - exercised outside Triton
     pb_utils = None
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request's tensors are unusable; the message names the tensor, the problem and the limit."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the model accepts; 0 means unknown (not checked). Written by the repository writer."""
+
+    vocab_size: int = 0
+    type_vocab_size: int = 0
+    max_length: int = 0  # positions per text
+
+    @classmethod
+    def from_json(cls, text: str) -> "InputLimits":
+        raw = json.loads(text)
+        return cls(int(raw.get("vocab_size", 0)), int(raw.get("type_vocab_size", 0)), int(raw.get("max_length", 0)))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"vocab_size": self.vocab_size, "type_vocab_size": self.type_vocab_size, "max_length": self.max_length}
+        )
+
+
+def check_range(name: str, array: np.ndarray, limit: int, what: str) -> None:
+    if array.size and (array.min() < 0 or (limit and array.max() >= limit)):
+        bad = array[(array < 0) | (array >= limit)] if limit else array[array < 0]
+        raise RequestError(f"{name} holds {int(bad[0])}, outside {what} 0..{limit - 1 if limit else 'inf'}")
+
+
+def check_feed(feed: dict[str, np.ndarray], limits: InputLimits) -> None:
+    """Refuse a request the model cannot answer correctly, naming the problem and the limit."""
+    shapes = {}
+    for name, array in feed.items():
+        if array.dtype != np.int64:
+            raise RequestError(f"{name} must be INT64, got {array.dtype}")
+        if array.ndim != 2:
+            raise RequestError(f"{name} must have shape [batch, sequence], got {list(array.shape)}")
+        shapes[name] = array.shape
+    if len(set(shapes.values())) > 1:
+        raise RequestError(f"inputs must have one shape, got {', '.join(f'{n} {list(s)}' for n, s in shapes.items())}")
+    rows, length = next(iter(shapes.values()))
+    if rows < 1 or length < 1:
+        raise RequestError(f"inputs must hold at least one text of one token, got shape {[rows, length]}")
+    if limits.max_length and length > limits.max_length:
+        raise RequestError(f"sequence length {length} is over the model's limit of {limits.max_length} positions")
+    if "input_ids" in feed:
+        check_range("input_ids", feed["input_ids"], limits.vocab_size, "the vocabulary")
+    if "token_type_ids" in feed:
+        check_range("token_type_ids", feed["token_type_ids"], limits.type_vocab_size, "the token types")
+    if "attention_mask" in feed and not np.isin(feed["attention_mask"], (0, 1)).all():
+        raise RequestError("attention_mask must hold only 0 and 1")
 
 
 def create_session(model_path: str | Path, intra_op_threads: int = 0) -> ort.InferenceSession:
@@ -62,17 +124,34 @@ def group_by_shape(feeds: list[dict[str, np.ndarray]]) -> dict[tuple, list[int]]
 
 def run_batched(
     session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], output_names: list[str]
-) -> list[list[np.ndarray]]:
-    """Run every request's feed, one session call per shape group; outputs in request order."""
+) -> list:
+    """Run every request's feed, one session call per shape group; outputs in request order.
+
+    A request's entry is its list of outputs, or the exception its own run raised: when
+    a merged run fails, its requests are run one at a time so only the culprit fails.
+    """
     results: list = [None] * len(feeds)
     for indices in group_by_shape(feeds).values():
         names = feeds[indices[0]].keys()
         merged = {name: np.concatenate([feeds[i][name] for i in indices]) for name in names}
-        outputs = session.run(output_names, merged)
+        try:
+            outputs = session.run(output_names, merged)
+        except Exception:  # noqa: BLE001 - find the culprit below, whatever ONNX Runtime raised
+            logger.exception("a batched run of %d requests failed; retrying them one by one", len(indices))
+            for i in indices:
+                results[i] = run_one(session, feeds[i], output_names)
+            continue
         sizes = np.cumsum([len(next(iter(feeds[i].values()))) for i in indices])[:-1]
         for position, request_index in enumerate(indices):
             results[request_index] = [np.split(out, sizes)[position] for out in outputs]
     return results
+
+
+def run_one(session: ort.InferenceSession, feed: dict[str, np.ndarray], output_names: list[str]):
+    try:
+        return session.run(output_names, feed)
+    except Exception as exc:  # noqa: BLE001 - becomes this request's error response
+        return exc
 
 
 class TritonPythonModel:
@@ -86,17 +165,29 @@ class TritonPythonModel:
         self.session = create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.limits = InputLimits.from_json(params.get("limits", "{}"))
 
     def execute(self, requests):
-        feeds = [
-            {
-                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                for name in self.input_names
-            }
-            for request in requests
-        ]
-        responses = []
-        for outputs in run_batched(self.session, feeds, self.output_names):
+        responses: list = [None] * len(requests)
+        feeds, valid = [], []
+        for i, request in enumerate(requests):
+            feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            try:
+                check_feed(feed, self.limits)
+            except RequestError as exc:
+                responses[i] = _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
+                continue
+            feeds.append(feed)
+            valid.append(i)
+        for i, outputs in zip(valid, run_batched(self.session, feeds, self.output_names)):
+            if isinstance(outputs, Exception):
+                responses[i] = _error_response(f"model step failed on this request: {outputs}",
+                                               pb_utils.TritonError.INTERNAL)
+                continue
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.output_names, outputs)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
+
+
+def _error_response(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
