@@ -327,3 +327,108 @@ def test_export_refuses_a_tokenizer_with_ids_past_the_vocabulary(default_model_d
     with pytest.raises(CheckpointError, match=r"2 token\(s\) with ids past the model's vocabulary of 30522.*"
                                               r"'<brand-new>' \(30522\), '<another>' \(30523\)"):
         check_vocabulary(path, checkpoint, 30522)
+
+
+# ----------------------------------------------------------------- length-aware batching (ragged model step)
+
+
+def test_plan_batches_sorts_by_length_and_keeps_the_token_budget():
+    lengths = np.array([30, 5, 7, 100, 6, 31, 300])
+    batches = onnx_model.plan_batches(lengths, max_batch_tokens=64)
+    assert [b.tolist() for b in batches] == [[1, 4, 2], [0, 5], [3], [6]]  # 3x7, 2x31, 100 and 300 alone
+    assert all(len(b) * lengths[b].max() <= 64 or len(b) == 1 for b in batches)
+    assert [b.tolist() for b in onnx_model.plan_batches(lengths, 10_000, max_rows=4)] == [[1, 4, 2, 0], [5, 3, 6]]
+
+
+def test_row_lengths_end_at_the_last_attended_token():
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
+    assert onnx_model.row_lengths(mask).tolist() == [2, 4, 1, 3]
+
+
+class RecordingSession:
+    """A real ONNX Runtime session that records the shapes of each run."""
+
+    def __init__(self, session):
+        self.session, self.shapes = session, []
+
+    def run(self, names, feed):
+        self.shapes.append(next(iter(feed.values())).shape)
+        return self.session.run(names, feed)
+
+
+def positionwise_model(tmp_path):
+    """hidden[b, s, 0] = input_ids * mask (a sequence output); total[b, 0] = sum over s (no sequence axis)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Mul", ["input_ids", "attention_mask"], ["masked"]),
+        helper.make_node("Cast", ["masked"], ["masked_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["masked_f", "last"], ["last_hidden_state"]),
+        helper.make_node("ReduceSum", ["masked_f", "one"], ["total"], keepdims=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "positionwise",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 1]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor("last", TensorProto.INT64, [1], [2]), helper.make_tensor("one", TensorProto.INT64, [1], [1])],
+    )
+    path = tmp_path / "positionwise.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return onnx_model.create_session(path, intra_op_threads=1)
+
+
+def padded_request(lengths: list[int], width: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), width), np.int64)
+    mask = np.zeros((len(lengths), width), np.int64)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(1, 50, size=length)
+        mask[row, :length] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_run_ragged_answers_each_request_at_its_own_width(tmp_path):
+    session = RecordingSession(positionwise_model(tmp_path))
+    feeds = [padded_request([3, 9], 9, 0), padded_request([2], 2, 1), padded_request([8, 4, 4], 8, 2),
+             padded_request([40], 40, 3)]
+    names = ["last_hidden_state", "total"]
+    got = onnx_model.run_ragged(session, feeds, names, {"last_hidden_state"}, max_batch_tokens=32)
+    for feed, outputs in zip(feeds, got):
+        expected = session.session.run(names, feed)
+        assert [o.shape for o in outputs] == [e.shape for e in expected]
+        for o, e in zip(outputs, expected):
+            np.testing.assert_array_equal(o, e)
+    # Sorted across requests: [2, 3, 4, 4] share one padded run, [8, 9] another, 40 runs alone.
+    assert session.shapes == [(4, 4), (2, 9), (1, 40)]
+
+
+def test_run_ragged_fails_only_the_culprit(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["y"])], "lookup",
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor("table", TensorProto.FLOAT, [4], [0.0, 1.0, 2.0, 3.0])],
+    )
+    path = tmp_path / "lookup.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    session = onnx_model.create_session(path, intra_op_threads=1)
+    feeds = [{"input_ids": np.array([[1, 2]]), "attention_mask": np.ones((1, 2), np.int64)},
+             {"input_ids": np.array([[0, 99, 1]]), "attention_mask": np.ones((1, 3), np.int64)},
+             {"input_ids": np.array([[3]]), "attention_mask": np.ones((1, 1), np.int64)}]
+    good, culprit, other = onnx_model.run_ragged(session, feeds, ["y"], {"y"}, max_batch_tokens=100)
+    assert isinstance(culprit, Exception)
+    assert good[0].tolist() == [[1.0, 2.0]] and other[0].tolist() == [[3.0]]
+
+
+def test_ragged_tokenizer_pads_each_request_to_its_own_longest(wordpiece, settings):
+    from dataclasses import replace
+
+    ragged = replace(settings, ragged=True)
+    short, longer = tokenizer.encode_requests(wordpiece, [["hi", "hello there"], ["one two three four five"]], ragged)
+    assert short.arrays["input_ids"].shape == (2, 4) and longer.arrays["input_ids"].shape == (1, 7)
+    assert TokenizerSettings.from_json(ragged.to_json()) == ragged

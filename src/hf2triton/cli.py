@@ -90,6 +90,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dynamic batching: max µs a request waits for others (default: %(default)s)")
     parser.add_argument("--preferred-batch-size", type=int, nargs="*", default=list(defaults.preferred_batch_sizes),
                         help="dynamic batching: preferred batch sizes (default: %(default)s)")
+    parser.add_argument("--max-batch-tokens", type=int, default=defaults.max_batch_tokens,
+                        help="python-ort model step and fused model: texts of all queued requests sorted by "
+                        "length, run in sub-batches of at most this many positions; 0 pads requests to "
+                        "buckets instead (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version to write (default: 1 for a new model; "
                         "the next version when NAME holds another checkpoint with the same interface; "
                         "the same version when it holds this checkpoint)")
@@ -123,6 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
         layout=args.layout,
         model_queue_delay_us=args.queue_delay_us,
         preferred_batch_sizes=tuple(args.preferred_batch_size),
+        max_batch_tokens=args.max_batch_tokens,
         version_policy=args.version_policy,
         warmup=args.warmup,
     )

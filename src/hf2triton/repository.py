@@ -74,7 +74,7 @@ MANIFEST = "hf2triton.json"  # what built it, from which checkpoint: NAME/ (late
 FILE_MODE, DIR_MODE = 0o644, 0o755
 # Config fields that may change between versions: they are about serving, not the model.
 SERVING_FIELDS = ("instance_group", "dynamic_batching", "model_warmup", "version_policy")
-SERVING_PARAMETERS = ("intra_op_threads",)
+SERVING_PARAMETERS = ("intra_op_threads", "max_batch_tokens")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,10 @@ class ServingOptions:
     ort_tensorrt_precision: str | None = None  # onnxruntime flavour: TensorRT EP, "FP16"/"FP32"
     version_policy: VersionPolicy = VersionPolicy()  # which versions Triton serves (default: the newest)
     warmup: bool = True  # model_warmup samples (one per sequence bucket) in the step configs
+    # python-ort model step and fused model: texts sorted by length across requests, run in
+    # sub-batches of at most this many positions (like TEI's --max-batch-tokens). Not measured
+    # yet: 32 texts of 256 tokens; 0 pads to buckets instead.
+    max_batch_tokens: int = 8192
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -122,6 +126,8 @@ class ServingOptions:
                 raise RepositoryError(f"{field_name.replace('_', ' ')} must be at least 1")
         if self.intra_op_threads < 0:
             raise RepositoryError("intra-op threads must be 0 (one per core) or more")
+        if self.max_batch_tokens < 0:
+            raise RepositoryError("max batch tokens must be 0 (pad to buckets) or more")
 
 
 @dataclass(frozen=True)
@@ -257,6 +263,10 @@ def step_models(
     )
     mbs = serving.max_batch_size
     policy = serving.version_policy
+    # The python model step takes ragged requests (each padded to its own longest text) and
+    # sorts their texts by length; the container's native model steps take bucketed tensors.
+    ragged = serving.backend == "python-ort" and serving.max_batch_tokens > 0
+    model_inputs = tuple(replace(t, ragged=True) for t in token_tensors) if ragged else token_tensors
 
     def warmup(inputs: tuple[Tensor, ...]) -> tuple[WarmupSample, ...]:
         return bucket_warmup(inputs, settings.buckets) if serving.warmup else ()
@@ -267,19 +277,22 @@ def step_models(
         outputs=(*token_tensors, *alignment, truncated),
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
-        parameters={"settings": settings.to_json(), "truncated_output": contract.OUTPUT_TRUNCATED},
+        parameters={"settings": replace(settings, ragged=ragged).to_json(),
+                    "truncated_output": contract.OUTPUT_TRUNCATED},
         version_policy=policy,
         warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
     model = PythonModel(
         name=model_name,
-        inputs=token_tensors,
+        inputs=model_inputs,
         outputs=(model_output,),
         max_batch_size=mbs,
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads),
-                    "limits": InputLimits(settings.vocab_size, settings.type_vocab_size, settings.max_length).to_json()},
+                    "max_batch_tokens": str(serving.max_batch_tokens if ragged else 0),
+                    "limits": InputLimits(settings.vocab_size, settings.type_vocab_size, settings.max_length,
+                                          settings.pad_id).to_json()},
         version_policy=policy,
         warmup=warmup(token_tensors),
     )
@@ -341,6 +354,7 @@ def fused_model(
             "truncated_output": contract.OUTPUT_TRUNCATED,
             "onnx_file": "model.onnx",
             "intra_op_threads": str(serving.intra_op_threads),
+            "max_batch_tokens": str(serving.max_batch_tokens),
         },
         version_policy=serving.version_policy,
         warmup=bucket_warmup(tokenizer.inputs, settings.buckets) if serving.warmup else (),

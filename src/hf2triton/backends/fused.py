@@ -3,8 +3,9 @@
 The same client contract as the ensemble (``TEXT`` in; ``EMBEDDING`` or ``LABEL`` +
 ``SCORES``, and ``TRUNCATED`` out; the ensemble's parameters on this model's config),
 without the two extra hops between steps. All texts of all requests in one
-``execute`` call are tokenized in one Rust batch call, grouped by sequence-length
-bucket, run through ONNX Runtime once per bucket and postprocessed per bucket. A bad
+``execute`` call are tokenized in one Rust batch call, sorted by length and run in
+padding-minimal sub-batches of at most ``max_batch_tokens`` positions (0: grouped by
+sequence-length bucket instead), each postprocessed on its own. A bad
 request gets its own error; if the merged run raises, each request is run on its own
 so only the culprit fails.
 
@@ -73,25 +74,32 @@ def answer(hidden_or_logits: np.ndarray, mask: np.ndarray, settings: AnswerSetti
 
 
 def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,
-              truncated_output: str = "TRUNCATED") -> dict[str, np.ndarray]:
-    """The whole pipeline on ``texts``: one tokenizer call, one ONNX Runtime call per bucket.
+              truncated_output: str = "TRUNCATED", max_batch_tokens: int = 0) -> dict[str, np.ndarray]:
+    """The whole pipeline on ``texts``: one tokenizer call, then one ONNX Runtime call per sub-batch.
 
     ``encoder`` is a loaded ``tokenizers.Tokenizer``; outputs come back in text order.
+    Sub-batches: texts sorted by length under ``max_batch_tokens`` (> 0), else by bucket.
     """
     encodings = tokenizer.tokenize(encoder, texts, token_settings)
-    by_bucket: dict[int, list[int]] = {}
-    for index, encoding in enumerate(encodings):
-        by_bucket.setdefault(tokenizer.choose_bucket(len(encoding.ids), token_settings.buckets), []).append(index)
+    lengths = np.array([len(encoding.ids) for encoding in encodings], dtype=np.int64)
+    if max_batch_tokens > 0:
+        groups = [(indices, int(lengths[indices].max())) for indices in
+                  onnx_model.plan_batches(lengths, max_batch_tokens)]
+    else:
+        by_bucket: dict[int, list[int]] = {}
+        for index, length in enumerate(lengths):
+            by_bucket.setdefault(tokenizer.choose_bucket(int(length), token_settings.buckets), []).append(index)
+        groups = [(np.array(indices), bucket) for bucket, indices in by_bucket.items()]
     parts: dict[str, list[np.ndarray]] = {}
     order: list[int] = []
-    for indices in by_bucket.values():
-        batch = tokenizer.pad_to_bucket([encodings[i] for i in indices], token_settings)
+    for indices, width in groups:
+        batch = tokenizer.pad_to_width([encodings[i] for i in indices], token_settings, max(width, 1))
         (raw,) = session.run([settings.model_output], batch.arrays)
         outputs = answer(raw, batch.arrays["attention_mask"], settings)
         outputs[truncated_output] = batch.truncated.reshape(-1, 1)
         for name, array in outputs.items():
             parts.setdefault(name, []).append(array)
-        order.extend(indices)
+        order.extend(int(i) for i in indices)
     if not order:
         return {}
     inverse = np.argsort(np.array(order))
@@ -115,6 +123,7 @@ class TritonPythonModel:
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -137,7 +146,7 @@ class TritonPythonModel:
 
     def _run_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
         return run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
-                         self.truncated_output)
+                         self.truncated_output, self.max_batch_tokens)
 
     def _run(self, texts_per_request: list[list[str]]) -> list:
         """Each request's outputs (or its exception): all in one run, else one run per request."""

@@ -8,7 +8,9 @@ tokens that are no word (``special_tokens_mask``: special tokens and padding).
 All texts of all requests in one ``execute`` call are tokenized in a single
 Rust batch call; each request is then padded to the smallest sequence-length
 bucket that fits its longest text, so the model step's dynamic batcher can merge
-requests of similar length (it only merges equal shapes).
+requests of similar length (it only merges equal shapes). With ``ragged`` (the
+python model step, which takes ragged batches and sorts texts by length itself)
+each request is padded only to its own longest text.
 
 A text's cost is bounded by the max length, not by its size: a long text is tokenized
 from a prefix that holds more than max-length tokens, with the same answer (ids,
@@ -48,6 +50,7 @@ class TokenizerSettings:
     # The model's embedding sizes (0 = unknown): the model step refuses ids outside them.
     vocab_size: int = 0
     type_vocab_size: int = 0
+    ragged: bool = False  # pad each request to its longest text, not to a bucket
 
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSettings":
@@ -61,6 +64,7 @@ class TokenizerSettings:
             token_alignment=bool(raw.get("token_alignment", False)),
             vocab_size=int(raw.get("vocab_size", 0)),
             type_vocab_size=int(raw.get("type_vocab_size", 0)),
+            ragged=bool(raw.get("ragged", False)),
         )
 
     def to_json(self) -> str:
@@ -74,6 +78,7 @@ class TokenizerSettings:
                 "token_alignment": self.token_alignment,
                 "vocab_size": self.vocab_size,
                 "type_vocab_size": self.type_vocab_size,
+                "ragged": self.ragged,
             }
         )
 
@@ -193,9 +198,15 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], settings: TokenizerSettings
 
 
 def pad_to_bucket(encodings: list, settings: TokenizerSettings) -> TokenBatch:
-    """Pad one request's encodings to the smallest bucket that holds the longest of them."""
+    """Pad one request's encodings to the smallest bucket that holds the longest of them
+    (``ragged``: to the longest of them)."""
     longest = max((len(e.ids) for e in encodings), default=1)
-    width = choose_bucket(longest, settings.buckets)
+    width = max(longest, 1) if settings.ragged else choose_bucket(longest, settings.buckets)
+    return pad_to_width(encodings, settings, width)
+
+
+def pad_to_width(encodings: list, settings: TokenizerSettings, width: int) -> TokenBatch:
+    """Model inputs for ``encodings`` padded to ``width`` positions."""
     n = len(encodings)
     ids = np.full((n, width), settings.pad_id, dtype=np.int64)
     mask = np.zeros((n, width), dtype=np.int64)
