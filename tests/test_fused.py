@@ -183,7 +183,7 @@ def test_requests_of_different_lengths_share_model_executions_and_get_their_own_
     encoder = tokenizer.load_tokenizer(root / f"{DEFAULT}_tokenizer" / "1" / "tokenizer.json", settings.max_length)
     requests = [[" ".join(["word"] * (1 + k * 3)), "short"] for k in range(24)]  # 24 different widths
     batches = tokenizer.encode_requests(encoder, requests, settings)
-    client = httpclient.InferenceServerClient(server.http_url, concurrency=len(batches))
+    client = httpclient.InferenceServerClient(server.http_url)  # one per thread: they are not thread-safe
 
     def stats() -> tuple[int, int]:
         (model,) = client.get_inference_statistics(step)["model_stats"]
@@ -194,13 +194,15 @@ def test_requests_of_different_lengths_share_model_executions_and_get_their_own_
     barrier = threading.Barrier(len(batches))
 
     def send(k: int) -> None:
+        own = httpclient.InferenceServerClient(server.http_url)
         inputs = []
         for name, array in batches[k].arrays.items():
             item = httpclient.InferInput(name, list(array.shape), "INT64")
             item.set_data_from_numpy(array)
             inputs.append(item)
         barrier.wait()
-        answers[k] = client.infer(step, inputs).as_numpy("last_hidden_state")
+        answers[k] = own.infer(step, inputs).as_numpy("last_hidden_state")
+        own.close()
 
     threads = [threading.Thread(target=send, args=(k,)) for k in range(len(batches))]
     for thread in threads:
