@@ -223,9 +223,9 @@ def test_model_step_accepts_a_good_request():
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (feed(input_ids=np.array([[1, 100, 2, 3]])), r"input_ids holds 100, outside the vocabulary 0\.\.99"),
+        (feed(input_ids=np.array([[1, 100, 2, 3]])), r"input_ids holds 100, outside the vocabulary \(0\.\.99\)"),
         (feed(input_ids=np.array([[1, -5, 2, 3]])), r"input_ids holds -5, outside the vocabulary"),
-        (feed(token_type_ids=np.array([[0, 0, 2, 0]])), r"token_type_ids holds 2, outside the token types 0\.\.1"),
+        (feed(token_type_ids=np.array([[0, 0, 2, 0]])), r"token_type_ids holds 2, outside the token types \(0\.\.1\)"),
         (feed(length=9), r"sequence length 9 is over the model's limit of 8 positions"),
         (feed(input_ids=np.ones((1, 4), dtype=np.int32)), r"input_ids must be INT64, got int32"),
         (feed(input_ids=np.ones((1, 4, 1), dtype=np.int64)), r"input_ids must have shape \[batch, sequence\]"),

@@ -57,9 +57,11 @@ class InputLimits:
 
 
 def check_range(name: str, array: np.ndarray, limit: int, what: str) -> None:
-    if array.size and (array.min() < 0 or (limit and array.max() >= limit)):
-        bad = array[(array < 0) | (array >= limit)] if limit else array[array < 0]
-        raise RequestError(f"{name} holds {int(bad[0])}, outside {what} 0..{limit - 1 if limit else 'inf'}")
+    """Every value must lie in 0..limit-1 (limit 0: unknown, only negatives are refused)."""
+    outside = ((array < 0) | (array >= limit)) if limit else array < 0
+    if outside.any():
+        allowed = f"0..{limit - 1}" if limit else "0 or more"
+        raise RequestError(f"{name} holds {int(array[outside][0])}, outside {what} ({allowed})")
 
 
 def check_feed(feed: dict[str, np.ndarray], limits: InputLimits) -> None:
