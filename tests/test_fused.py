@@ -35,8 +35,10 @@ def test_fused_folder_is_self_contained_and_carries_the_contract(repository):
         assert fused_config.parameters[key].string_value == value.string_value
 
 
-def test_fused_pipeline_matches_the_ensemble_steps_in_process(repository):
-    """Same code path as the three steps on the default model; bucket grouping changes nothing."""
+@pytest.mark.parametrize("max_batch_tokens", [0, 64, 8192])
+def test_fused_pipeline_matches_the_ensemble_steps_in_process(repository, max_batch_tokens):
+    """Same code path as the three steps on the default model; neither bucket grouping nor
+    length-sorted sub-batches under a token budget change the answers."""
     root, results = repository
     layout = results[DEFAULT].layout
     step_config = parse_pbtxt((root / f"{DEFAULT}_tokenizer" / "config.pbtxt").read_text())
@@ -44,7 +46,7 @@ def test_fused_pipeline_matches_the_ensemble_steps_in_process(repository):
     encoder = tokenizer.load_tokenizer(root / f"{DEFAULT}_tokenizer" / "1" / "tokenizer.json", settings.max_length)
     session = onnx_model.create_session(layout.onnx_file)
     answer = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
-    outputs = fused.run_texts(session, settings, answer, TEXTS, encoder)
+    outputs = fused.run_texts(session, settings, answer, TEXTS, encoder, max_batch_tokens=max_batch_tokens)
     expected = []
     for text in TEXTS:  # one text per request, as the ensemble serves it
         (batch,) = tokenizer.encode_requests(encoder, [[text]], settings)
@@ -53,6 +55,34 @@ def test_fused_pipeline_matches_the_ensemble_steps_in_process(repository):
     assert outputs["EMBEDDING"].shape == (len(TEXTS), 384)
     np.testing.assert_allclose(outputs["EMBEDDING"], np.stack(expected), atol=1e-5)
     assert outputs["TRUNCATED"].shape == (len(TEXTS), 1) and outputs["TRUNCATED"].any()
+
+
+def test_python_model_step_takes_ragged_batches_and_container_flavours_keep_buckets(repository):
+    """python-ort: the model step's inputs allow ragged batches and sort texts itself, so the
+    tokenizer pads each request to its own longest text; the container's native model steps
+    take dense bucketed tensors."""
+    import json
+
+    from hf2triton.repository.models import step_models
+
+    root, results = repository
+    model = parse_pbtxt((root / f"{DEFAULT}_model" / "config.pbtxt").read_text())
+    assert all(t.allow_ragged_batch for t in model.input)
+    assert int(model.parameters["max_batch_tokens"].string_value) == ServingOptions().max_batch_tokens > 0
+    limits = json.loads(model.parameters["limits"].string_value)
+    assert limits == {"vocab_size": 30522, "type_vocab_size": 2, "max_length": 256, "pad_id": 0}
+    step = parse_pbtxt((root / f"{DEFAULT}_tokenizer" / "config.pbtxt").read_text())
+    assert tokenizer.TokenizerSettings.from_json(step.parameters["settings"].string_value).ragged
+    fused_config = parse_pbtxt((root / TOPICS_FUSED / "config.pbtxt").read_text())
+    assert int(fused_config.parameters["max_batch_tokens"].string_value) > 0
+    result = results[DEFAULT]
+    settings = tokenizer.TokenizerSettings.from_json(step.parameters["settings"].string_value)
+    for backend in ("onnxruntime", "tensorrt"):
+        tok, native, _ = step_models(DEFAULT, result.checkpoint, settings, ServingOptions(backend=backend))
+        assert not any(t.ragged for t in native.inputs) and native.parameters["max_batch_tokens"] == "0"
+        assert not tokenizer.TokenizerSettings.from_json(tok.parameters["settings"]).ragged
+    tok, _, _ = step_models(DEFAULT, result.checkpoint, settings, ServingOptions(max_batch_tokens=0))
+    assert not tokenizer.TokenizerSettings.from_json(tok.parameters["settings"]).ragged
 
 
 def test_model_instances_share_the_cores_unless_threads_are_set():
@@ -133,3 +163,57 @@ def test_sweep_of_the_fused_model_reports_its_single_step(server):
     (point,) = run_sweep(settings, load_texts())
     assert point.errors == 0 and [s.model for s in point.steps] == [TOPICS_FUSED]
     assert point.steps[0].requests > 0
+
+
+@pytest.mark.e2e
+def test_requests_of_different_lengths_share_model_executions_and_get_their_own_rows(server, repository):
+    """The ragged model step: concurrent requests of many lengths are merged by Triton (fewer
+    executions than requests) and each gets what its own padded tensors give in-process."""
+    import threading
+
+    import tritonclient.http as httpclient
+
+    root, results = repository
+    step = f"{DEFAULT}_model"
+    session = onnx_model.create_session(results[DEFAULT].layout.onnx_file)
+    step_config = parse_pbtxt((root / f"{DEFAULT}_tokenizer" / "config.pbtxt").read_text())
+    settings = tokenizer.TokenizerSettings.from_json(step_config.parameters["settings"].string_value)
+    encoder = tokenizer.load_tokenizer(root / f"{DEFAULT}_tokenizer" / "1" / "tokenizer.json", settings.max_length)
+    requests = [[" ".join(["word"] * (1 + k * 3)), "short"] for k in range(24)]  # 24 different widths
+    batches = tokenizer.encode_requests(encoder, requests, settings)
+    client = httpclient.InferenceServerClient(server.http_url)  # one per thread: they are not thread-safe
+
+    def stats() -> tuple[int, int]:
+        (model,) = client.get_inference_statistics(step)["model_stats"]
+        return int(model["inference_count"]), int(model["execution_count"])
+
+    before = stats()
+    answers: list = [None] * len(batches)
+    barrier = threading.Barrier(len(batches))
+
+    def send(k: int) -> None:
+        own = httpclient.InferenceServerClient(server.http_url)
+        inputs = []
+        for name, array in batches[k].arrays.items():
+            item = httpclient.InferInput(name, list(array.shape), "INT64")
+            item.set_data_from_numpy(array)
+            inputs.append(item)
+        barrier.wait()
+        answers[k] = own.infer(step, inputs).as_numpy("last_hidden_state")
+        own.close()
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    after = stats()
+    client.close()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    print(f"\nragged model step: {inferences} rows in {executions} executions")
+    assert inferences == 2 * len(batches) and executions < len(batches)
+    for batch, served in zip(batches, answers):
+        (expected,) = session.run(["last_hidden_state"], batch.arrays)
+        mask = batch.arrays["attention_mask"][:, :, None].astype(bool)
+        assert served.shape == expected.shape
+        np.testing.assert_allclose(np.where(mask, served, 0), np.where(mask, expected, 0), atol=1e-4)

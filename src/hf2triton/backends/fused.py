@@ -3,8 +3,11 @@
 The same client contract as the ensemble (``TEXT`` in; ``EMBEDDING`` or ``LABEL`` +
 ``SCORES``, and ``TRUNCATED`` out; the ensemble's parameters on this model's config),
 without the two extra hops between steps. All texts of all requests in one
-``execute`` call are tokenized in one Rust batch call, grouped by sequence-length
-bucket, run through ONNX Runtime once per bucket and postprocessed per bucket.
+``execute`` call are tokenized in one Rust batch call, sorted by length and run in
+padding-minimal sub-batches of at most ``max_batch_tokens`` positions (0: grouped by
+sequence-length bucket instead), each postprocessed on its own. A bad
+request gets its own error; if the merged run raises, each request is run on its own
+so only the culprit fails.
 
 Self-contained when served: the three step modules are copied beside this file
 (``tokenizer.py``, ``onnx_model.py``, ``postprocess.py``) and imported from there.
@@ -13,6 +16,7 @@ Self-contained when served: the three step modules are copied beside this file
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,8 @@ except ImportError:  # pragma: no cover - exercised outside Triton
 
 STEP_MODULES = ("tokenizer", "onnx_model", "postprocess")  # copied beside model.py
 EMBEDDING_OUTPUT = "EMBEDDING"  # equal to hf2triton.contract's
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,25 +74,32 @@ def answer(hidden_or_logits: np.ndarray, mask: np.ndarray, settings: AnswerSetti
 
 
 def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,
-              truncated_output: str = "TRUNCATED") -> dict[str, np.ndarray]:
-    """The whole pipeline on ``texts``: one tokenizer call, one ONNX Runtime call per bucket.
+              truncated_output: str = "TRUNCATED", max_batch_tokens: int = 0) -> dict[str, np.ndarray]:
+    """The whole pipeline on ``texts``: one tokenizer call, then one ONNX Runtime call per sub-batch.
 
     ``encoder`` is a loaded ``tokenizers.Tokenizer``; outputs come back in text order.
+    Sub-batches: texts sorted by length under ``max_batch_tokens`` (> 0), else by bucket.
     """
     encodings = tokenizer.tokenize(encoder, texts, token_settings)
-    by_bucket: dict[int, list[int]] = {}
-    for index, encoding in enumerate(encodings):
-        by_bucket.setdefault(tokenizer.choose_bucket(len(encoding.ids), token_settings.buckets), []).append(index)
+    lengths = np.array([len(encoding.ids) for encoding in encodings], dtype=np.int64)
+    if max_batch_tokens > 0:
+        groups = [(indices, int(lengths[indices].max())) for indices in
+                  onnx_model.plan_batches(lengths, max_batch_tokens)]
+    else:
+        by_bucket: dict[int, list[int]] = {}
+        for index, length in enumerate(lengths):
+            by_bucket.setdefault(tokenizer.choose_bucket(int(length), token_settings.buckets), []).append(index)
+        groups = [(np.array(indices), bucket) for bucket, indices in by_bucket.items()]
     parts: dict[str, list[np.ndarray]] = {}
     order: list[int] = []
-    for indices in by_bucket.values():
-        batch = tokenizer.pad_to_bucket([encodings[i] for i in indices], token_settings)
+    for indices, width in groups:
+        batch = tokenizer.pad_to_width([encodings[i] for i in indices], token_settings, max(width, 1))
         (raw,) = session.run([settings.model_output], batch.arrays)
         outputs = answer(raw, batch.arrays["attention_mask"], settings)
         outputs[truncated_output] = batch.truncated.reshape(-1, 1)
         for name, array in outputs.items():
             parts.setdefault(name, []).append(array)
-        order.extend(indices)
+        order.extend(int(i) for i in indices)
     if not order:
         return {}
     inverse = np.argsort(np.array(order))
@@ -110,28 +123,50 @@ class TritonPythonModel:
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        texts, counts, valid = [], [], []
+        texts_per_request, valid = [], []
         for i, request in enumerate(requests):
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
-                decoded = tokenizer.decode_texts(raw, self.token_settings.max_text_bytes)
+                texts_per_request.append(tokenizer.decode_texts(raw, self.token_settings.max_text_bytes))
+                valid.append(i)
             except tokenizer.TextInputError as exc:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                )
+                responses[i] = _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
+        for i, outputs in zip(valid, self._run(texts_per_request)):
+            if isinstance(outputs, Exception):
+                responses[i] = _error_response(f"fused model failed on this request: {outputs}",
+                                               pb_utils.TritonError.INTERNAL)
                 continue
-            texts.extend(decoded)
-            counts.append(len(decoded))
-            valid.append(i)
-        outputs = run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
-                            self.truncated_output)
-        start = 0
-        for i, count in zip(valid, counts):
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start : start + count]))
-                       for name in self.output_names]
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name])) for name in self.output_names]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-            start += count
         return responses
+
+    def _run_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
+                         self.truncated_output, self.max_batch_tokens)
+
+    def _run(self, texts_per_request: list[list[str]]) -> list:
+        """Each request's outputs (or its exception): all in one run, else one run per request."""
+        try:
+            outputs = self._run_texts([text for texts in texts_per_request for text in texts])
+        except Exception:  # noqa: BLE001 - isolate whichever request raised, whatever it raised
+            logger.exception("a batched run of %d requests failed; retrying them one by one", len(texts_per_request))
+            return [self._run_one(texts) for texts in texts_per_request]
+        answers, start = [], 0
+        for texts in texts_per_request:
+            answers.append({name: outputs[name][start : start + len(texts)] for name in self.output_names})
+            start += len(texts)
+        return answers
+
+    def _run_one(self, texts: list[str]):
+        try:
+            return self._run_texts(texts)
+        except Exception as exc:  # noqa: BLE001 - becomes this request's error response
+            return exc
+
+
+def _error_response(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

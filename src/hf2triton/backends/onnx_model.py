@@ -2,14 +2,24 @@
 python-backend model, so the ensemble runs on a tritonserver that has only the
 python backend (the bundled CPU server).
 
-Requests that arrive together and share a shape (the tokenizer pads to buckets)
-are concatenated into one ONNX Runtime call.
+Ragged flavour (``max_batch_tokens`` > 0; the inputs allow ragged batches, so Triton
+merges requests of any length): all texts of all queued requests are sorted by length
+and run in padding-minimal sub-batches of at most ``max_batch_tokens`` positions; each
+request gets back its own rows at its own width (:func:`run_ragged`). Otherwise
+requests that share a shape (the tokenizer pads to buckets) share one ONNX Runtime call.
+
+Any client can call this step directly, so each request is checked on its own
+(dtype, rank, shapes, id ranges, positions; :func:`check_feed`) and a bad one gets
+its own error while its batch-mates get their answers; if a merged run still raises,
+its requests are run one by one so only the culprit fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +29,63 @@ try:  # only importable inside tritonserver's python stub
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - exercised outside Triton
     pb_utils = None
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request's tensors are unusable; the message names the tensor, the problem and the limit."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the model accepts; 0 means unknown (not checked). Written by the repository writer."""
+
+    vocab_size: int = 0
+    type_vocab_size: int = 0
+    max_length: int = 0  # positions per text
+    pad_id: int = 0  # the id the ragged flavour pads rows with
+
+    @classmethod
+    def from_json(cls, text: str) -> "InputLimits":
+        raw = json.loads(text)
+        return cls(*(int(raw.get(key, 0)) for key in ("vocab_size", "type_vocab_size", "max_length", "pad_id")))
+
+    def to_json(self) -> str:
+        return json.dumps({"vocab_size": self.vocab_size, "type_vocab_size": self.type_vocab_size,
+                           "max_length": self.max_length, "pad_id": self.pad_id})
+
+
+def check_range(name: str, array: np.ndarray, limit: int, what: str) -> None:
+    """Every value must lie in 0..limit-1 (limit 0: unknown, only negatives are refused)."""
+    outside = ((array < 0) | (array >= limit)) if limit else array < 0
+    if outside.any():
+        allowed = f"0..{limit - 1}" if limit else "0 or more"
+        raise RequestError(f"{name} holds {int(array[outside][0])}, outside {what} ({allowed})")
+
+
+def check_feed(feed: dict[str, np.ndarray], limits: InputLimits) -> None:
+    """Refuse a request the model cannot answer correctly, naming the problem and the limit."""
+    shapes = {}
+    for name, array in feed.items():
+        if array.dtype != np.int64:
+            raise RequestError(f"{name} must be INT64, got {array.dtype}")
+        if array.ndim != 2:
+            raise RequestError(f"{name} must have shape [batch, sequence], got {list(array.shape)}")
+        shapes[name] = array.shape
+    if len(set(shapes.values())) > 1:
+        raise RequestError(f"inputs must have one shape, got {', '.join(f'{n} {list(s)}' for n, s in shapes.items())}")
+    rows, length = next(iter(shapes.values()))
+    if rows < 1 or length < 1:
+        raise RequestError(f"inputs must hold at least one text of one token, got shape {[rows, length]}")
+    if limits.max_length and length > limits.max_length:
+        raise RequestError(f"sequence length {length} is over the model's limit of {limits.max_length} positions")
+    if "input_ids" in feed:
+        check_range("input_ids", feed["input_ids"], limits.vocab_size, "the vocabulary")
+    if "token_type_ids" in feed:
+        check_range("token_type_ids", feed["token_type_ids"], limits.type_vocab_size, "the token types")
+    if "attention_mask" in feed and not np.isin(feed["attention_mask"], (0, 1)).all():
+        raise RequestError("attention_mask must hold only 0 and 1")
 
 
 def create_session(model_path: str | Path, intra_op_threads: int = 0) -> ort.InferenceSession:
@@ -62,16 +129,116 @@ def group_by_shape(feeds: list[dict[str, np.ndarray]]) -> dict[tuple, list[int]]
 
 def run_batched(
     session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], output_names: list[str]
-) -> list[list[np.ndarray]]:
-    """Run every request's feed, one session call per shape group; outputs in request order."""
+) -> list:
+    """Run every request's feed, one session call per shape group; outputs in request order.
+
+    A request's entry is its list of outputs, or the exception its own run raised: when
+    a merged run fails, its requests are run one at a time so only the culprit fails.
+    """
     results: list = [None] * len(feeds)
     for indices in group_by_shape(feeds).values():
         names = feeds[indices[0]].keys()
         merged = {name: np.concatenate([feeds[i][name] for i in indices]) for name in names}
-        outputs = session.run(output_names, merged)
+        try:
+            outputs = session.run(output_names, merged)
+        except Exception:  # noqa: BLE001 - find the culprit below, whatever ONNX Runtime raised
+            logger.exception("a batched run of %d requests failed; retrying them one by one", len(indices))
+            for i in indices:
+                results[i] = run_one(session, feeds[i], output_names)
+            continue
         sizes = np.cumsum([len(next(iter(feeds[i].values()))) for i in indices])[:-1]
         for position, request_index in enumerate(indices):
             results[request_index] = [np.split(out, sizes)[position] for out in outputs]
+    return results
+
+
+def run_one(session: ort.InferenceSession, feed: dict[str, np.ndarray], output_names: list[str]):
+    try:
+        return session.run(output_names, feed)
+    except Exception as exc:  # noqa: BLE001 - becomes this request's error response
+        return exc
+
+
+def row_lengths(mask: np.ndarray) -> np.ndarray:
+    """Positions each row needs: up to its last attended token (at least one)."""
+    attended = mask != 0
+    last = mask.shape[1] - np.argmax(attended[:, ::-1], axis=1)
+    return np.where(attended.any(axis=1), last, 1)
+
+
+def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0) -> list[np.ndarray]:
+    """Row indices of padding-minimal sub-batches: rows sorted by length, each sub-batch padded to
+    its longest row and holding at most ``max_batch_tokens`` positions (a longer row runs alone)
+    and ``max_rows`` rows (0 = no limit)."""
+    batches, current = [], []
+    for index in np.argsort(lengths, kind="stable"):
+        grown = (len(current) + 1) * int(lengths[index])  # sorted: this row is the longest so far
+        if current and (grown > max_batch_tokens or (max_rows and len(current) >= max_rows)):
+            batches.append(np.array(current))
+            current = []
+        current.append(index)
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def fit(array: np.ndarray, width: int, fill: int | float = 0) -> np.ndarray:
+    """``array`` cut or padded with ``fill`` along its first axis to ``width``."""
+    if array.shape[0] >= width:
+        return array[:width]
+    padding = np.full((width - array.shape[0], *array.shape[1:]), fill, dtype=array.dtype)
+    return np.concatenate([array, padding])
+
+
+def request_rows(feeds: list[dict[str, np.ndarray]]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Every row of every request as (request, row), and the positions each row needs."""
+    owners, lengths = [], []
+    for i, feed in enumerate(feeds):
+        rows, width = next(iter(feed.values())).shape
+        owners += [(i, r) for r in range(rows)]
+        lengths.append(row_lengths(feed["attention_mask"]) if "attention_mask" in feed else np.full(rows, width))
+    return owners, np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+
+
+def run_ragged(
+    session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], output_names: list[str],
+    sequence_outputs: set[str], max_batch_tokens: int, pad_id: int = 0,
+) -> list:
+    """Every row of every request, sorted by length, in sub-batches under a token budget.
+
+    Each request's entry is its outputs (those in ``sequence_outputs`` at the request's own
+    width, zero past each row's length, where its mask hides them) or the exception its own
+    run raised: the requests of a failed sub-batch are rerun one at a time.
+    """
+    owners, lengths = request_rows(feeds)
+    rows: dict[tuple[int, int], list[np.ndarray]] = {}
+    failed: set[int] = set()
+    for batch in plan_batches(lengths, max_batch_tokens):
+        width = int(lengths[batch].max())
+        merged = {
+            name: np.stack([fit(feeds[i][name][r], width, pad_id if name == "input_ids" else 0)
+                            for i, r in (owners[j] for j in batch)])
+            for name in feeds[owners[batch[0]][0]]
+        }
+        try:
+            outputs = session.run(output_names, merged)
+        except Exception:  # noqa: BLE001 - find the culprit below, whatever ONNX Runtime raised
+            logger.exception("a sub-batch of %d rows failed; retrying its requests one by one", len(batch))
+            failed.update(owners[j][0] for j in batch)
+            continue
+        for k, j in enumerate(batch):
+            rows[owners[j]] = [out[k] for out in outputs]
+    results: list = []
+    for i, feed in enumerate(feeds):
+        if i in failed:
+            results.append(run_one(session, feed, output_names))
+            continue
+        count, width = next(iter(feed.values())).shape
+        results.append([
+            np.stack([fit(rows[(i, r)][o], width) if name in sequence_outputs else rows[(i, r)][o]
+                      for r in range(count)])
+            for o, name in enumerate(output_names)
+        ])
     return results
 
 
@@ -86,17 +253,36 @@ class TritonPythonModel:
         self.session = create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.limits = InputLimits.from_json(params.get("limits", "{}"))
+        self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))  # > 0: the ragged flavour
+        self.sequence_outputs = {t["name"] for t in config["output"] if int(t["dims"][0]) == -1}
 
     def execute(self, requests):
-        feeds = [
-            {
-                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                for name in self.input_names
-            }
-            for request in requests
-        ]
-        responses = []
-        for outputs in run_batched(self.session, feeds, self.output_names):
+        responses: list = [None] * len(requests)
+        feeds, valid = [], []
+        for i, request in enumerate(requests):
+            feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            try:
+                check_feed(feed, self.limits)
+            except RequestError as exc:
+                responses[i] = _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
+                continue
+            feeds.append(feed)
+            valid.append(i)
+        if self.max_batch_tokens > 0:
+            results = run_ragged(self.session, feeds, self.output_names, self.sequence_outputs,
+                                 self.max_batch_tokens, self.limits.pad_id)
+        else:
+            results = run_batched(self.session, feeds, self.output_names)
+        for i, outputs in zip(valid, results):
+            if isinstance(outputs, Exception):
+                responses[i] = _error_response(f"model step failed on this request: {outputs}",
+                                               pb_utils.TritonError.INTERNAL)
+                continue
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.output_names, outputs)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
+
+
+def _error_response(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -6,11 +6,15 @@ sequence-classification: softmax (or sigmoid for multi-label) and the top label.
 token-classification: entities as transformers' TokenClassificationPipeline finds them
 (aggregation none/simple/first/average/max, same words, spans and scores), one JSON
 list per text.
+
+Any client can call this step directly: each request is checked on its own
+(:func:`check_inputs`) and answered on its own, so a bad one fails alone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +28,62 @@ except ImportError:  # pragma: no cover - exercised outside Triton
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 # Output names; equal to hf2triton.contract's (this file cannot import hf2triton when served).
-LABEL_OUTPUT, SCORES_OUTPUT = "LABEL", "SCORES"
+LABEL_OUTPUT, SCORES_OUTPUT, EMBEDDING_OUTPUT = "LABEL", "SCORES", "EMBEDDING"
 TEXT_INPUT, OFFSETS_INPUT, SPECIAL_TOKENS_INPUT = "TEXT", "offset_mapping", "special_tokens_mask"
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
+# Expected dtype and rank of each input this step may take.
+INPUT_KINDS = {
+    "last_hidden_state": (np.float32, 3), "logits": (np.float32, None), "attention_mask": (np.int64, 2),
+    "input_ids": (np.int64, 2), OFFSETS_INPUT: (np.int64, 3), SPECIAL_TOKENS_INPUT: (np.int64, 2),
+    TEXT_INPUT: (np.object_, 2),
+}
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request's tensors are unusable; the message names the tensor, the problem and the limit."""
+
+
+def check_inputs(feed: dict[str, np.ndarray], task: str, width: int) -> None:
+    """Refuse tensors that do not fit together: dtype, rank, rows, positions, labels/hidden width.
+
+    ``width`` is the hidden size (embeddings) or the number of labels (0 = not checked).
+    """
+    logits_rank = 3 if task == "token-classification" else 2
+    for name, array in feed.items():
+        dtype, rank = INPUT_KINDS.get(name, (None, None))
+        rank = logits_rank if name == "logits" else rank
+        if dtype is not None and array.dtype != dtype:
+            raise RequestError(f"{name} must be {np.dtype(dtype).name}, got {array.dtype}")
+        if rank is not None and array.ndim != rank:
+            raise RequestError(f"{name} must have {rank} dimensions, got shape {list(array.shape)}")
+    rows = {name: array.shape[0] for name, array in feed.items()}
+    if len(set(rows.values())) > 1:
+        raise RequestError(f"inputs must have one batch size, got {rows}")
+    lengths = {name: array.shape[1] for name, array in feed.items() if array.ndim >= 2 and name != TEXT_INPUT
+               and not (name == "logits" and logits_rank == 2)}
+    if len(set(lengths.values())) > 1:
+        raise RequestError(f"inputs must have one sequence length, got {lengths}")
+    output = feed.get("last_hidden_state", feed.get("logits"))
+    if width and output is not None and output.shape[-1] != width:
+        raise RequestError(f"{'last_hidden_state' if task == 'embeddings' else 'logits'} has width "
+                           f"{output.shape[-1]}, the model's is {width}")
+    if OFFSETS_INPUT in feed and feed[OFFSETS_INPUT].shape[-1] != 2:
+        raise RequestError(f"{OFFSETS_INPUT} must have shape [batch, sequence, 2]")
+    if "input_ids" in feed and feed["input_ids"].size and feed["input_ids"].min() < 0:
+        raise RequestError("input_ids must not be negative")
+    for name in ("attention_mask", SPECIAL_TOKENS_INPUT):
+        if name in feed and not np.isin(feed[name], (0, 1)).all():
+            raise RequestError(f"{name} must hold only 0 and 1")
+
+
+def check_offsets(texts: list[str], offsets: np.ndarray, special: np.ndarray) -> None:
+    """Word tokens' character spans must lie inside their text."""
+    for row, text in enumerate(texts):
+        spans = offsets[row][special[row] == 0]
+        if spans.size and (spans.min() < 0 or (spans[:, 0] > spans[:, 1]).any() or spans.max() > len(text)):
+            raise RequestError(f"{OFFSETS_INPUT}[{row}] holds spans outside TEXT[{row}] (0..{len(text)} characters)")
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -253,7 +310,13 @@ def entities_tensor(entities: list[list[dict]]) -> np.ndarray:
 
 
 def as_texts(raw: np.ndarray) -> list[str]:
-    return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in raw.reshape(-1)]
+    texts = []
+    for index, item in enumerate(raw.reshape(-1)):
+        try:
+            texts.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"TEXT[{index}] is not valid UTF-8 (invalid byte at offset {exc.start})") from None
+    return texts
 
 
 class TritonPythonModel:
@@ -266,17 +329,28 @@ class TritonPythonModel:
         self.settings = json.loads(params["settings"])
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        # The hidden size (EMBEDDING's dims) or the number of labels, which the model output must match.
+        dims = {t["name"]: [int(d) for d in t.get("dims", [])] for t in config["output"]}
+        self.width = (dims.get(EMBEDDING_OUTPUT) or [len(self.settings.get("labels", ()))])[-1]
         if self.task == "token-classification":
             version_dir = Path(args["model_repository"]) / args["model_version"]
             self.tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
             self.entity_settings = EntitySettings.from_dict(self.settings)
 
     def execute(self, requests):
-        inputs = [
-            {n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names}
-            for r in requests
-        ]
-        return [pb_utils.InferenceResponse(output_tensors=self._answer(feed)) for feed in inputs]
+        return [self._respond(request) for request in requests]
+
+    def _respond(self, request):
+        """One request's answer or its own error: nothing here can fail a batch-mate."""
+        try:
+            feed = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names}
+            check_inputs(feed, self.task, self.width)
+            return pb_utils.InferenceResponse(output_tensors=self._answer(feed))
+        except RequestError as exc:
+            return _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure is this request's alone
+            logger.exception("postprocess failed on one request")
+            return _error_response(f"postprocess step failed on this request: {exc}", pb_utils.TritonError.INTERNAL)
 
     def _answer(self, feed: dict[str, np.ndarray]) -> list:
         if self.task == "embeddings":
@@ -288,11 +362,17 @@ class TritonPythonModel:
             )
             return [pb_utils.Tensor(self.output_names[0], vectors)]
         if self.task == "token-classification":
+            texts = as_texts(feed[TEXT_INPUT])
+            check_offsets(texts, feed[OFFSETS_INPUT], feed[SPECIAL_TOKENS_INPUT])
             entities = find_entities(
-                as_texts(feed[TEXT_INPUT]), feed["input_ids"], feed[OFFSETS_INPUT],
+                texts, feed["input_ids"], feed[OFFSETS_INPUT],
                 feed[SPECIAL_TOKENS_INPUT], feed["logits"], self.tokenizer, self.entity_settings,
             )
             return [pb_utils.Tensor(self.output_names[0], entities_tensor(entities))]
         probs, top = classify(feed["logits"], self.settings["labels"], self.settings["multi_label"])
         by_name = {LABEL_OUTPUT: top.reshape(-1, 1), SCORES_OUTPUT: probs}
         return [pb_utils.Tensor(name, by_name[name]) for name in self.output_names]
+
+
+def _error_response(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -8,12 +8,19 @@ tokens that are no word (``special_tokens_mask``: special tokens and padding).
 All texts of all requests in one ``execute`` call are tokenized in a single
 Rust batch call; each request is then padded to the smallest sequence-length
 bucket that fits its longest text, so the model step's dynamic batcher can merge
-requests of similar length (it only merges equal shapes).
+requests of similar length (it only merges equal shapes). With ``ragged`` (the
+python model step, which takes ragged batches and sorts texts by length itself)
+each request is padded only to its own longest text.
+
+A text's cost is bounded by the max length, not by its size: a long text is tokenized
+from a prefix that holds more than max-length tokens, with the same answer (ids,
+offsets, ``TRUNCATED``) as the whole text (see :func:`tokenize_bounded`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +31,8 @@ try:  # only importable inside tritonserver's python stub
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - exercised outside Triton
     pb_utils = None
+
+logger = logging.getLogger(__name__)
 
 
 class TextInputError(ValueError):
@@ -38,6 +47,10 @@ class TokenizerSettings:
     max_text_bytes: int
     input_names: tuple[str, ...]  # the model inputs to produce, e.g. input_ids, attention_mask
     token_alignment: bool = False  # also emit offset_mapping and special_tokens_mask
+    # The model's embedding sizes (0 = unknown): the model step refuses ids outside them.
+    vocab_size: int = 0
+    type_vocab_size: int = 0
+    ragged: bool = False  # pad each request to its longest text, not to a bucket
 
     @classmethod
     def from_json(cls, text: str) -> "TokenizerSettings":
@@ -49,6 +62,9 @@ class TokenizerSettings:
             max_text_bytes=int(raw["max_text_bytes"]),
             input_names=tuple(raw["input_names"]),
             token_alignment=bool(raw.get("token_alignment", False)),
+            vocab_size=int(raw.get("vocab_size", 0)),
+            type_vocab_size=int(raw.get("type_vocab_size", 0)),
+            ragged=bool(raw.get("ragged", False)),
         )
 
     def to_json(self) -> str:
@@ -60,6 +76,9 @@ class TokenizerSettings:
                 "max_text_bytes": self.max_text_bytes,
                 "input_names": list(self.input_names),
                 "token_alignment": self.token_alignment,
+                "vocab_size": self.vocab_size,
+                "type_vocab_size": self.type_vocab_size,
+                "ragged": self.ragged,
             }
         )
 
@@ -98,7 +117,12 @@ def choose_bucket(length: int, buckets: tuple[int, ...]) -> int:
 
 
 def decode_texts(raw: np.ndarray, max_text_bytes: int) -> list[str]:
-    """Turn a BYTES tensor ([n] or [n, 1]) into strings, enforcing UTF-8 and the byte limit."""
+    """Turn a BYTES tensor ([n] or [n, 1]) into strings, enforcing UTF-8, no NUL and the byte limit.
+
+    Lone surrogates cannot pass: their UTF-8 form is invalid UTF-8.
+    """
+    if raw.dtype != object or raw.ndim not in (1, 2) or (raw.ndim == 2 and raw.shape[1] != 1):
+        raise TextInputError(f"TEXT must be a BYTES tensor of shape [n, 1], got {raw.dtype} {list(raw.shape)}")
     texts = []
     for index, item in enumerate(raw.reshape(-1)):
         data = item if isinstance(item, bytes) else str(item).encode()
@@ -107,23 +131,82 @@ def decode_texts(raw: np.ndarray, max_text_bytes: int) -> list[str]:
                 f"TEXT[{index}] is {len(data)} bytes, over the limit of {max_text_bytes} bytes per text"
             )
         try:
-            texts.append(data.decode("utf-8"))
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise TextInputError(
                 f"TEXT[{index}] is not valid UTF-8 (invalid byte at offset {exc.start})"
             ) from None
+        if "\0" in text:
+            raise TextInputError(f"TEXT[{index}] contains a NUL byte at offset {data.index(0)}; texts may not contain NUL bytes")
+        texts.append(text)
     return texts
 
 
+# A long text is tokenized from a prefix of this many characters per max-length token
+# (English averages 4-5), grown by GROWTH while it holds too few tokens (whitespace runs).
+PREFIX_CHARS_PER_TOKEN, PREFIX_GROWTH = 8, 4
+
+
+@dataclass(frozen=True)
+class BoundedEncodings:
+    encodings: list  # tokenizers.Encoding per text, truncated to max length
+    chars_tokenized: int  # characters fed to the tokenizer, all rounds together
+
+
+def settled(encoding) -> bool:
+    """Whether a prefix's truncated encoding equals the whole text's.
+
+    Cutting a text changes only its last pre-token (word): normalizers and pre-tokenizers
+    act locally, and the model splits each word on its own. So the answer is final once
+    the prefix overflows max length and every kept token lies in an earlier word than
+    the prefix's last one.
+    """
+    if not encoding.overflowing:
+        return False
+    kept = [w for w in encoding.word_ids if w is not None]
+    tail = [w for w in encoding.overflowing[-1].word_ids if w is not None]
+    return bool(kept) and bool(tail) and max(kept) < tail[-1]
+
+
+def tokenize_bounded(tokenizer: Tokenizer, texts: list[str], max_length: int) -> BoundedEncodings:
+    """Encode texts (truncated to ``max_length``) at a cost bounded by ``max_length`` per text.
+
+    Texts longer than a prefix are encoded from the prefix, which grows until
+    :func:`settled` (or until it is the whole text); all texts of a round share one
+    Rust batch call.
+    """
+    encodings: list = [None] * len(texts)
+    size = PREFIX_CHARS_PER_TOKEN * max(max_length, 16)
+    pending = list(range(len(texts)))
+    chars = 0
+    while pending:
+        pieces = [texts[i][:size] for i in pending]
+        chars += sum(len(piece) for piece in pieces)
+        still = []
+        for i, piece, encoding in zip(pending, pieces, tokenizer.encode_batch(pieces, add_special_tokens=True)):
+            if len(piece) == len(texts[i]) or settled(encoding):
+                encodings[i] = encoding
+            else:
+                still.append(i)
+        pending, size = still, size * PREFIX_GROWTH
+    return BoundedEncodings(encodings, chars)
+
+
 def tokenize(tokenizer: Tokenizer, texts: list[str], settings: TokenizerSettings) -> list:
-    """Encode texts in one batch call (truncated to max length, unpadded)."""
-    return tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
+    """Encode texts in one batch call per round (truncated to max length, unpadded)."""
+    return tokenize_bounded(tokenizer, texts, settings.max_length).encodings
 
 
 def pad_to_bucket(encodings: list, settings: TokenizerSettings) -> TokenBatch:
-    """Pad one request's encodings to the smallest bucket that holds the longest of them."""
+    """Pad one request's encodings to the smallest bucket that holds the longest of them
+    (``ragged``: to the longest of them)."""
     longest = max((len(e.ids) for e in encodings), default=1)
-    width = choose_bucket(longest, settings.buckets)
+    width = max(longest, 1) if settings.ragged else choose_bucket(longest, settings.buckets)
+    return pad_to_width(encodings, settings, width)
+
+
+def pad_to_width(encodings: list, settings: TokenizerSettings, width: int) -> TokenBatch:
+    """Model inputs for ``encodings`` padded to ``width`` positions."""
     n = len(encodings)
     ids = np.full((n, width), settings.pad_id, dtype=np.int64)
     mask = np.zeros((n, width), dtype=np.int64)
@@ -197,14 +280,30 @@ class TritonPythonModel:
                 valid.append(i)
             except TextInputError as exc:
                 responses[i] = _error_response(str(exc))
-        for i, batch in zip(valid, encode_requests(self.tokenizer, texts_per_request, self.settings)):
+        for i, batch in zip(valid, self._encode(texts_per_request)):
+            if isinstance(batch, Exception):
+                responses[i] = _error_response(f"tokenizer step failed on this request: {batch}", internal=True)
+                continue
             tensors = [pb_utils.Tensor(name, array) for name, array in batch.arrays.items()]
             tensors.append(pb_utils.Tensor(self.truncated_output, batch.truncated.reshape(-1, 1)))
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
+    def _encode(self, texts_per_request: list[list[str]]) -> list:
+        """All requests in one call; if that raises, each on its own so only the culprit fails."""
+        try:
+            return encode_requests(self.tokenizer, texts_per_request, self.settings)
+        except Exception:  # noqa: BLE001 - isolate whichever request raised, whatever it raised
+            logger.exception("batched tokenization failed; retrying request by request")
+        batches: list = []
+        for texts in texts_per_request:
+            try:
+                batches.extend(encode_requests(self.tokenizer, [texts], self.settings))
+            except Exception as exc:  # noqa: BLE001
+                batches.append(exc)
+        return batches
 
-def _error_response(message: str):
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    )
+
+def _error_response(message: str, internal: bool = False):
+    code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -20,7 +20,8 @@ EXPORT_FIELDS = ("name", "task", "max_length", "max_text_bytes", "opset", "atol"
 SERVING_FIELDS = {"max_batch_size": "max_batch_size", "model_instances": "model_instances",
                   "intra_op_threads": "intra_op_threads", "backend": "backend",
                   "ort_tensorrt_precision": "ort_tensorrt_precision", "layout": "layout",
-                  "queue_delay_us": "model_queue_delay_us", "warmup": "warmup"}
+                  "queue_delay_us": "model_queue_delay_us", "warmup": "warmup",
+                  "max_batch_tokens": "max_batch_tokens"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -109,6 +110,10 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preferred-batch-size", type=int, nargs="*",
                         default=LibraryDefault(SERVING, "preferred_batch_sizes"),
                         help="dynamic batching: preferred batch sizes (default: %(default)s)")
+    parser.add_argument("--max-batch-tokens", type=int, default=LibraryDefault(SERVING, "max_batch_tokens"),
+                        help="python-ort model step and fused model: texts of all queued requests sorted by "
+                        "length, run in sub-batches of at most this many positions; 0 pads requests to "
+                        "buckets instead (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version to write (default: 1 for a new model; "
                         "the next version when NAME holds another checkpoint with the same interface; "
                         "the same version when it holds this checkpoint)")

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 
 from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings, default_buckets, load_tokenizer
-from hf2triton.export.checkpoint import Checkpoint
+from hf2triton.export.checkpoint import Checkpoint, read_json
 from hf2triton.errors import CheckpointError
 
 
@@ -42,9 +42,38 @@ def pad_id(tokenizer_json: Path, checkpoint: Checkpoint) -> int:
     raise CheckpointError(f"{checkpoint.path}: the tokenizer has no padding token")
 
 
+def embedding_sizes(checkpoint: Checkpoint) -> tuple[int, int]:
+    """The model's vocabulary and token-type counts from config.json (0 when it does not say)."""
+    raw = read_json(checkpoint.path / "config.json")
+    return int(raw.get("vocab_size") or 0), int(raw.get("type_vocab_size") or 0)
+
+
+def check_vocabulary(tokenizer_json: Path, checkpoint: Checkpoint, vocab_size: int) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding for.
+
+    Such a token (typically an added token whose embedding was never resized) would
+    fail every served batch that contains it.
+    """
+    if not vocab_size:
+        return
+    vocabulary = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
+    outside = sorted((token_id, token) for token, token_id in vocabulary.items() if token_id >= vocab_size)
+    if outside:
+        named = ", ".join(f"{token!r} ({token_id})" for token_id, token in outside[:10])
+        more = f" and {len(outside) - 10} more" if len(outside) > 10 else ""
+        raise CheckpointError(
+            f"{checkpoint.path}: the tokenizer has {len(outside)} token(s) with ids past the model's vocabulary "
+            f"of {vocab_size} (config.json vocab_size): {named}{more}; resize the model's embeddings "
+            "(model.resize_token_embeddings) or remove those tokens"
+        )
+
+
 def tokenizer_settings(
     tokenizer_json: Path, checkpoint: Checkpoint, max_text_bytes: int, buckets: tuple[int, ...] | None = None
 ) -> TokenizerSettings:
+    """The served tokenizer's settings; refuses a tokenizer whose ids exceed the model's vocabulary."""
+    vocab_size, type_vocab_size = embedding_sizes(checkpoint)
+    check_vocabulary(tokenizer_json, checkpoint, vocab_size)
     length = checkpoint.max_sequence_length
     chosen = buckets or default_buckets(length)
     if chosen[-1] != length or any(b > length for b in chosen):
@@ -56,6 +85,8 @@ def tokenizer_settings(
         max_text_bytes=max_text_bytes,
         input_names=checkpoint.input_names,
         token_alignment=checkpoint.task.token_alignment,
+        vocab_size=vocab_size,
+        type_vocab_size=type_vocab_size,
     )
 
 

@@ -20,6 +20,7 @@ class Tensor:
     name: str
     data_type: str  # DataType enum name, e.g. "TYPE_INT64"
     dims: tuple[int, ...]
+    ragged: bool = False  # an input whose requests Triton may batch whatever their shapes
 
     def __post_init__(self):
         if self.data_type not in pb.DataType.keys():
@@ -152,6 +153,8 @@ def _tensor(message, tensor: Tensor) -> None:
     message.name = tensor.name
     message.data_type = pb.DataType.Value(tensor.data_type)
     message.dims.extend(tensor.dims)
+    if tensor.ragged:
+        message.allow_ragged_batch = True
 
 
 def _io(config: pb.ModelConfig, inputs, outputs) -> None:

@@ -50,6 +50,10 @@ class ServingOptions:
     ort_tensorrt_precision: str | None = None  # onnxruntime flavour: TensorRT EP, "FP16"/"FP32"
     version_policy: VersionPolicy = VersionPolicy()  # which versions Triton serves (default: the newest)
     warmup: bool = True  # model_warmup samples (one per sequence bucket) in the step configs
+    # python-ort model step and fused model: texts sorted by length across requests, run in
+    # sub-batches of at most this many positions (like TEI's --max-batch-tokens); 0 pads to
+    # buckets instead.
+    max_batch_tokens: int = 8192
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -72,6 +76,8 @@ class ServingOptions:
                 raise RepositoryError(f"{field_name.replace('_', ' ')} must be at least 1")
         if self.intra_op_threads < 0:
             raise RepositoryError("intra-op threads must be 0 (one per core) or more")
+        if self.max_batch_tokens < 0:
+            raise RepositoryError("max batch tokens must be 0 (pad to buckets) or more")
 
 
 def variant_ensemble(name: str, variant: str) -> str:

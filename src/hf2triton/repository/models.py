@@ -14,6 +14,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from hf2triton import contract
 from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
 from hf2triton.backends.fused import AnswerSettings
+from hf2triton.backends.onnx_model import InputLimits
 from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
 from hf2triton.engines.check import sidecar_path
@@ -109,6 +110,10 @@ def step_models(
     )
     mbs = serving.max_batch_size
     policy = serving.version_policy
+    # The python model step takes ragged requests (each padded to its own longest text) and
+    # sorts their texts by length; the container's native model steps take bucketed tensors.
+    ragged = serving.backend == "python-ort" and serving.max_batch_tokens > 0
+    model_inputs = tuple(replace(t, ragged=True) for t in token_tensors) if ragged else token_tensors
 
     def warmup(inputs: tuple[Tensor, ...]) -> tuple[WarmupSample, ...]:
         return bucket_warmup(inputs, settings.buckets) if serving.warmup else ()
@@ -119,18 +124,22 @@ def step_models(
         outputs=(*token_tensors, *alignment, truncated),
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
-        parameters={"settings": settings.to_json(), "truncated_output": contract.OUTPUT_TRUNCATED},
+        parameters={"settings": replace(settings, ragged=ragged).to_json(),
+                    "truncated_output": contract.OUTPUT_TRUNCATED},
         version_policy=policy,
         warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
     model = PythonModel(
         name=model_name,
-        inputs=token_tensors,
+        inputs=model_inputs,
         outputs=(model_output,),
         max_batch_size=mbs,
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
-        parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads)},
+        parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads),
+                    "max_batch_tokens": str(serving.max_batch_tokens if ragged else 0),
+                    "limits": InputLimits(settings.vocab_size, settings.type_vocab_size, settings.max_length,
+                                          settings.pad_id).to_json()},
         version_policy=policy,
         warmup=warmup(token_tensors),
     )
@@ -192,6 +201,7 @@ def fused_model(
             "truncated_output": contract.OUTPUT_TRUNCATED,
             "onnx_file": "model.onnx",
             "intra_op_threads": str(serving.intra_op_threads),
+            "max_batch_tokens": str(serving.max_batch_tokens),
         },
         version_policy=serving.version_policy,
         warmup=bucket_warmup(tokenizer.inputs, settings.buckets) if serving.warmup else (),
