@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ sys.path.insert(0, str(REPO / "perf"))
 from bench_ceiling import InProcess, batches_of, ceiling_model, measure_in_process  # noqa: E402
 from bench_report import document, print_report  # noqa: E402
 from hf2triton.cpu import CpuMeter, cpu_flags  # noqa: E402
+from hf2triton.perf.report import plot_throughput_latency  # noqa: E402
 from hf2triton.perf.sweep import PerfPoint, SweepSettings, run_sweep  # noqa: E402
 from hf2triton.repository import ServingOptions  # noqa: E402
 
@@ -242,7 +244,13 @@ def main(argv=None) -> int:
     written = [args.output_dir / f"bench_{stamp}.json"] + ([COMMITTED] if args.publish else [])
     for path in written:
         path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {', '.join(str(p) for p in written)}")
+    plot = plot_throughput_latency([], args.output_dir / f"bench_{stamp}_throughput_p99.png",
+                                   "all-MiniLM-L6-v2 served on this CPU, gRPC, 1 text/request, c = 1/16/64",
+                                   lines={v: list(cells.values()) for v, cells in served.items()})
+    if args.publish:
+        written.append(REPO / "perf" / "throughput_p99.png")
+        shutil.copyfile(plot, written[-1])
+    print(f"\nwrote {', '.join(str(p) for p in written + [plot])}")
     errors = sum(cell["errors"] for cells in result["served"].values() for cell in cells.values())
     return 1 if errors else 0
 
