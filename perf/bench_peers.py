@@ -32,7 +32,8 @@ from hf2triton.cpu import CpuMeter
 
 log = logging.getLogger(__name__)
 
-INFINITY_REQUIREMENTS = ("infinity-emb[server,optimum]==0.0.78", "torch==2.13.0")
+# The torch extra brings sentence-transformers, which its torch engine needs.
+INFINITY_REQUIREMENTS = ("infinity-emb[server,optimum,torch]==0.0.78", "torch==2.13.0")
 ENGINES = ("optimum", "torch")  # Infinity's names: optimum = its ONNX Runtime engine
 MIN_COSINE = 0.999  # fp32 against fp32: anything lower means a different model or pooling
 
@@ -76,15 +77,18 @@ def infinity_command(venv: Path, engine: str, port: int, batch_size: int = 32) -
 
 def install_infinity(venv: Path) -> Path:
     """Create the peer's venv and install Infinity there, once; returns the venv."""
-    if (venv / "bin" / "infinity_emb").exists() and (venv / "bin" / "optimum-cli").exists():
+    marker = venv / "hf2triton-requirements.txt"  # what was installed, so a changed pin reinstalls
+    wanted = "\n".join(INFINITY_REQUIREMENTS) + "\n"
+    if marker.exists() and marker.read_text() == wanted and (venv / "bin" / "infinity_emb").exists():
         return venv
-    log.info("installing %s into %s (once; a few minutes)", " ".join(INFINITY_REQUIREMENTS), venv)
-    steps = ([sys.executable, "-m", "venv", "--clear", str(venv)],
-             [str(venv / "bin" / "pip"), "install", "-q", *INFINITY_REQUIREMENTS])
+    log.warning("installing %s into %s (once; a few minutes)", " ".join(INFINITY_REQUIREMENTS), venv)
+    steps = ([] if (venv / "bin" / "pip").exists() else [[sys.executable, "-m", "venv", str(venv)]])
+    steps.append([str(venv / "bin" / "pip"), "install", "-q", *INFINITY_REQUIREMENTS])
     for command in steps:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise PeerError(f"cannot install Infinity ({' '.join(command)}): {done.stderr.strip()[-500:]}")
+    marker.write_text(wanted)
     return venv
 
 
