@@ -163,3 +163,42 @@ def test_gpu_check_names_what_is_missing(tmp_path):
     assert ("TensorRT is not installed" in done.stderr) == (not tensorrt)
     assert "docker compose run --rm builder" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The benchmark's own export of the default model (bench.export_variants), once for this module."""
+    import bench
+
+    root = tmp_path_factory.mktemp("bench") / "repository"
+    return root, bench.export_variants(root, ["ensemble"])
+
+
+SAMPLE = ["Short one.", "A senior official confirmed the militia would begin handing over its last bastion on Friday.",
+          "Rain has fallen in some parts of the Illawarra, Sydney, the Hunter Valley and the north coast, but the "
+          "Bureau of Meteorology says the rain has done little to ease any of the hundred fires still burning.",
+          "Crews stayed on overnight."]
+
+
+def test_in_process_ceiling_answers_like_sentence_transformers(exported):
+    """The ceiling must do the served work (tokenize, pad to the longest, run, mean-pool, normalise)."""
+    from sentence_transformers import SentenceTransformer
+
+    from bench_ceiling import ceiling_model
+
+    root, checkpoint = exported
+    model = ceiling_model(root, "ensemble")
+    reference = SentenceTransformer(str(checkpoint), device="cpu").encode(SAMPLE, convert_to_numpy=True)
+    assert bench_peers.cosines(model(SAMPLE), reference).min() >= 0.9999
+    assert model.lengths(SAMPLE)[0] < model.lengths(SAMPLE)[2]
+
+
+def test_fused_graph_cell_answers_like_the_plain_graph(exported, tmp_path):
+    from bench_ceiling import ceiling_model
+    from hf2triton.precision.quantize import fuse_for_cpu
+
+    root, _ = exported
+    fused_file = fuse_for_cpu(root / "ensemble_model" / "1" / "model.onnx", tmp_path / "fused.onnx", 12, 384)
+    plain, fused = ceiling_model(root, "ensemble"), ceiling_model(root, "ensemble", fused_file)
+    assert {node.op_type for node in __import__("onnx").load(str(fused_file)).graph.node} >= {"Attention"}
+    assert bench_peers.cosines(fused(SAMPLE), plain(SAMPLE)).min() >= 0.9999
