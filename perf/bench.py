@@ -83,7 +83,13 @@ def export_variants(root: Path, names: list[str]):
     return default_checkpoint()
 
 
-def measure_ceilings(root: Path, texts: list[str], args) -> dict[str, InProcess]:
+def attention_shape(checkpoint: Path) -> tuple[int, int]:
+    """(heads, hidden size) from config.json: ORT's optimizer cannot detect them on these graphs."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    return int(config["num_attention_heads"]), int(config["hidden_size"])
+
+
+def measure_ceilings(root: Path, checkpoint: Path, texts: list[str], args) -> dict[str, InProcess]:
     """Arrival-order and length-sorted batch 32, batch 1, and the fused graph sorted at batch 32."""
     from hf2triton.precision.quantize import fuse_for_cpu
 
@@ -96,8 +102,9 @@ def measure_ceilings(root: Path, texts: list[str], args) -> dict[str, InProcess]
         "ort_b1": (model, batches_of(texts, 1)),
     }
     if not args.no_fused_graph:
+        heads, hidden = attention_shape(checkpoint)
         fused_file = fuse_for_cpu(root / "ensemble_model" / "1" / "model.onnx", root.parent / "fused_graph.onnx",
-                                  heads=12, hidden=384)
+                                  heads=heads, hidden=hidden)
         cells["ort_fused_graph_b32_sorted"] = (ceiling_model(root, "ensemble", fused_file), cells["ort_b32_sorted"][1])
     found = {}
     for name, (call, batches) in cells.items():
@@ -234,7 +241,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="hf2triton-bench-") as tmp:
         root = Path(tmp) / "repository"
         checkpoint = export_variants(root, args.variants)
-        ceilings = measure_ceilings(root, texts, args)
+        ceilings = measure_ceilings(root, checkpoint, texts, args)
         served = measure_all_served(root, texts, args)
         peers = {} if args.no_peers else measure_peers(checkpoint, Path(tmp), texts, args)
     result = document(command, args, texts, source, ceilings, served, peers)

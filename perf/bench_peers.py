@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -165,8 +166,6 @@ class InfinityServer:
 
 def embed(url: str, texts: list[str]) -> np.ndarray:
     """One OpenAI-style request for ``texts``; the embeddings in input order."""
-    import json
-
     body = json.dumps({"model": ".", "input": texts}).encode()
     request = urllib.request.Request(f"{url}/embeddings", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:

@@ -197,8 +197,12 @@ def test_fused_graph_cell_answers_like_the_plain_graph(exported, tmp_path):
     from bench_ceiling import ceiling_model
     from hf2triton.precision.quantize import fuse_for_cpu
 
-    root, _ = exported
-    fused_file = fuse_for_cpu(root / "ensemble_model" / "1" / "model.onnx", tmp_path / "fused.onnx", 12, 384)
+    import bench
+
+    root, checkpoint = exported
+    assert bench.attention_shape(checkpoint) == (12, 384)
+    fused_file = fuse_for_cpu(root / "ensemble_model" / "1" / "model.onnx", tmp_path / "fused.onnx",
+                              *bench.attention_shape(checkpoint))
     plain, fused = ceiling_model(root, "ensemble"), ceiling_model(root, "ensemble", fused_file)
     assert {node.op_type for node in __import__("onnx").load(str(fused_file)).graph.node} >= {"Attention"}
     assert bench_peers.cosines(fused(SAMPLE), plain(SAMPLE)).min() >= 0.9999
