@@ -130,9 +130,15 @@ def _install_handlers(stop: _StopFlag) -> dict[int, _Handler]:
     return previous
 
 
+def _tls_note(config: ServerConfig) -> str:
+    if config.grpc_use_ssl_mutual:
+        return " (TLS, client certificates required)"
+    return " (TLS)" if config.grpc_use_ssl else ""
+
+
 def _log_endpoints(server: LocalTritonServer) -> None:
     logger.info("HTTP     %s", server.http_base_url)
-    logger.info("gRPC     %s", server.grpc_url)
+    logger.info("gRPC     %s%s", server.grpc_url, _tls_note(server.config))
     logger.info("metrics  %s", server.metrics_url)
     try:
         models = repository_index(server)

@@ -1,0 +1,204 @@
+"""gRPC TLS end to end: ``hf2triton serve --grpc-use-ssl`` with a self-signed certificate made here,
+the library client and ``hf2triton infer`` with and without the root certificate.
+
+The bundled tritonserver 2.51 has TLS for gRPC only; HTTP stays plain, and readiness
+polling and ``hf2triton health`` keep using it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import hf2triton.serving
+from hf2triton.client import Classification, Client
+from hf2triton.errors import OptionsError, ServerUnavailableError
+from hf2triton.serving import ServerConfig, free_port
+
+SRC = Path(hf2triton.serving.__file__).resolve().parents[2]
+MODEL = "tls_topics"
+TEXTS = ["TLS keeps this text private.", "A second text."]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    env.pop("TRITON_ADMIN_KEY", None)
+    return env
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hf2triton.cli", *args], capture_output=True, text=True,
+                          env=_env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (in subjectAltName, which gRPC checks) and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "server.pem", folder / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+# ----------------------------------------------------------------------------- no server
+
+
+def test_tls_settings_render_tritonservers_flags(tmp_path: Path, certificate) -> None:
+    cert, key = certificate
+    argv = ServerConfig(tmp_path, grpc_use_ssl=True, grpc_server_cert=cert, grpc_server_key=key).to_argv(tmp_path)
+    assert {"--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"} <= set(argv)
+    assert not any(arg.startswith(("--grpc-root-cert", "--grpc-use-ssl-mutual")) for arg in argv)
+    mutual = ServerConfig(tmp_path, grpc_use_ssl_mutual=True, grpc_server_cert=cert, grpc_server_key=key,
+                          grpc_root_cert=cert).to_argv(tmp_path)
+    assert {"--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true", f"--grpc-root-cert={cert}"} <= set(mutual)
+    assert not any("ssl" in arg or "cert" in arg for arg in ServerConfig(tmp_path).to_argv(tmp_path))
+
+
+def test_tls_setting_mistakes_are_options_errors(tmp_path: Path, certificate) -> None:
+    cert, key = certificate
+    with pytest.raises(OptionsError, match=r"needs grpc_server_cert .*needs grpc_server_key"):
+        ServerConfig(tmp_path, grpc_use_ssl=True)
+    with pytest.raises(OptionsError, match="grpc_server_cert, grpc_server_key need grpc_use_ssl"):
+        ServerConfig(tmp_path, grpc_server_cert=cert, grpc_server_key=key)
+    with pytest.raises(OptionsError, match="grpc_use_ssl_mutual needs grpc_root_cert"):
+        ServerConfig(tmp_path, grpc_use_ssl_mutual=True, grpc_server_cert=cert, grpc_server_key=key)
+    with pytest.raises(OptionsError, match=f"grpc_server_key {tmp_path / 'missing.key'} is not a file"):
+        ServerConfig(tmp_path, grpc_use_ssl=True, grpc_server_cert=cert, grpc_server_key=tmp_path / "missing.key")
+    if os.geteuid() != 0:  # root reads anything
+        unreadable = tmp_path / "unreadable.key"
+        unreadable.write_bytes(key.read_bytes())
+        unreadable.chmod(0)
+        with pytest.raises(OptionsError, match="is not readable"):
+            ServerConfig(tmp_path, grpc_use_ssl=True, grpc_server_cert=cert, grpc_server_key=unreadable)
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["serve", "--grpc-use-ssl"], "grpc TLS needs grpc_server_cert (--grpc-server-cert)"),
+        (["serve", "--grpc-server-cert", "/nonexistent.pem"], "grpc_server_cert need grpc_use_ssl"),
+        (["infer", "x", "--root-certificates", "/nonexistent.pem"], "--root-certificates need TLS: add --ssl"),
+        (["infer", "x", "--ssl", "--root-certificates", "/nonexistent.pem"], "is not a file"),
+        (["perf", "--private-key", "/k.pem"], "--private-key need TLS: add --ssl"),
+        (["verify", "--checkpoint", "/c", "--certificate-chain", "/c.pem"], "--certificate-chain need TLS"),
+    ],
+)
+def test_tls_flag_mistakes_end_in_one_line_and_status_2(tmp_path: Path, command: list[str], expected: str) -> None:
+    if command[0] == "serve":
+        command = [*command, "--model-repository", str(tmp_path)]
+    run = _cli(*command, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert expected in run.stderr
+
+
+# ----------------------------------------------------------------------------- real server
+
+
+@pytest.fixture(scope="module")
+def tls_repository(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A repository holding one tiny classifier: quick to export and to load."""
+    from hf2triton.pipeline import ExportOptions, export_checkpoint
+
+    root = tmp_path_factory.mktemp("tls_repository") / "model_repository"
+    export_checkpoint(ExportOptions(checkpoint=tiny_checkpoint("bert"), output_dir=root, name=MODEL))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_repository: Path, certificate, tmp_path_factory):
+    """``hf2triton serve --grpc-use-ssl`` as a user runs it; yields (grpc_url, http_url, server log lines)."""
+    cert, key = certificate
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    while len({http_port, grpc_port, metrics_port}) < 3:
+        grpc_port, metrics_port = free_port(), free_port()
+    log_file = tmp_path_factory.mktemp("tls_server") / "tritonserver.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hf2triton.cli", "serve", "--model-repository", str(tls_repository),
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+         "--log-file", str(log_file), "--grpc-use-ssl", "--grpc-server-cert", str(cert), "--grpc-server-key", str(key)],
+        stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 240
+    try:
+        while not any("press Ctrl-C" in line for line in seen):
+            assert process.poll() is None, "serve exited early:\n" + "".join(seen)
+            assert time.monotonic() < deadline, "serve never became ready:\n" + "".join(seen)
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
+        yield f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", seen
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.e2e
+def test_serve_announces_grpc_tls_and_health_still_works(tls_server) -> None:
+    grpc_url, http_url, seen = tls_server
+    assert any(f"gRPC     {grpc_url} (TLS)" in line for line in seen), "".join(seen)
+    health = _cli("health", "--url", http_url)
+    assert health.returncode == 0, health.stdout + health.stderr
+
+
+@pytest.mark.e2e
+def test_client_over_grpc_tls_with_the_root_certificate(tls_server, certificate) -> None:
+    grpc_url, _, _ = tls_server
+    cert, _ = certificate
+    with Client(grpc_url, model=MODEL, ssl=True, root_certificates=cert, timeout_s=30) as client:
+        client.wait_for_model(timeout_s=60)
+        results = client.infer(TEXTS)
+    assert len(results) == 2 and all(isinstance(result, Classification) for result in results)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "tls, expected",
+    [
+        ({"ssl": True}, "CERTIFICATE_VERIFY_FAILED"),  # the system's trust store does not know the certificate
+        ({}, "cannot be reached|unavailable"),  # plain gRPC to a TLS port
+    ],
+)
+def test_client_without_the_root_certificate_fails_clearly(tls_server, tls: dict, expected: str) -> None:
+    grpc_url, _, _ = tls_server
+    with Client(grpc_url, model=MODEL, timeout_s=10, **tls) as client:
+        with pytest.raises(ServerUnavailableError, match=expected):
+            client.infer(TEXTS)
+
+
+@pytest.mark.e2e
+def test_cli_infer_over_grpc_tls(tls_server, certificate) -> None:
+    grpc_url, _, _ = tls_server
+    cert, _ = certificate
+    ok = _cli("infer", *TEXTS, "--url", grpc_url, "--model", MODEL, "--ssl", "--root-certificates", str(cert))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("\n") == len(TEXTS) and repr(TEXTS[0]) in ok.stdout
+
+    untrusted = _cli("infer", *TEXTS, "--url", grpc_url, "--model", MODEL, "--ssl", "--timeout", "5")
+    assert untrusted.returncode == 2, untrusted.stdout + untrusted.stderr
+    assert untrusted.stderr.startswith("error: ") and untrusted.stderr.count("\n") == 1, untrusted.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr and "Traceback" not in untrusted.stderr
