@@ -1,5 +1,6 @@
 """gRPC TLS end to end: ``hf2triton serve --grpc-use-ssl`` with a self-signed certificate made here,
-the library client and ``hf2triton infer`` with and without the root certificate.
+the library client, ``hf2triton infer`` with and without the root certificate, and the gateway
+that ``serve --gateway-port`` runs beside the server (it reaches Triton over gRPC TLS).
 
 The bundled tritonserver 2.51 has TLS for gRPC only; HTTP stays plain, and readiness
 polling and ``hf2triton health`` keep using it.
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import hf2triton.serving
+from hf2triton.gateway.settings import GatewaySettings
 from hf2triton.client import Classification, Client
 from hf2triton.errors import OptionsError, ServerUnavailableError
 from hf2triton.serving import ServerConfig, free_port
@@ -96,15 +98,32 @@ def test_tls_setting_mistakes_are_options_errors(tmp_path: Path, certificate) ->
         (["infer", "x", "--ssl", "--root-certificates", "/nonexistent.pem"], "is not a file"),
         (["perf", "--private-key", "/k.pem"], "--private-key need TLS: add --ssl"),
         (["verify", "--checkpoint", "/c", "--certificate-chain", "/c.pem"], "--certificate-chain need TLS"),
+        (["serve", "--gateway-port", "0", "--grpc-use-ssl-mutual", "--grpc-server-cert", "{cert}", "--grpc-server-key",
+          "{key}", "--grpc-root-cert", "{cert}"], "--gateway-port cannot be combined with --grpc-use-ssl-mutual"),
+        (["gateway", "--triton-root-certificates", "/nonexistent.pem"], "root_certificates '/nonexistent.pem' is not"),
     ],
 )
-def test_tls_flag_mistakes_end_in_one_line_and_status_2(tmp_path: Path, command: list[str], expected: str) -> None:
+def test_tls_flag_mistakes_end_in_one_line_and_status_2(tmp_path: Path, certificate, command: list[str],
+                                                         expected: str) -> None:
+    cert, key = certificate
+    command = [part.format(cert=cert, key=key) for part in command]
     if command[0] == "serve":
         command = [*command, "--model-repository", str(tmp_path)]
     run = _cli(*command, timeout=60)
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
     assert expected in run.stderr
+
+
+def test_gateway_tls_settings(certificate) -> None:
+    cert, key = certificate
+    assert GatewaySettings().triton_tls is None
+    tls = GatewaySettings(triton_ssl=True, triton_root_certificates=cert).triton_tls
+    assert tls is not None and tls.root_certificates == cert and tls.private_key is None
+    with pytest.raises(OptionsError, match="needs both private_key and certificate_chain"):
+        GatewaySettings(triton_ssl=True, triton_private_key=key)
+    with pytest.raises(OptionsError, match="need TLS"):
+        GatewaySettings(triton_root_certificates=cert)
 
 
 # ----------------------------------------------------------------------------- real server
@@ -122,7 +141,8 @@ def tls_repository(tmp_path_factory, tiny_checkpoint) -> Path:
 
 @pytest.fixture(scope="module")
 def tls_server(tls_repository: Path, certificate, tmp_path_factory):
-    """``hf2triton serve --grpc-use-ssl`` as a user runs it; yields (grpc_url, http_url, server log lines)."""
+    """``hf2triton serve --grpc-use-ssl --gateway-port 0`` as a user runs it; yields (grpc_url, http_url,
+    its log lines), once the gateway beside it listens."""
     cert, key = certificate
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     while len({http_port, grpc_port, metrics_port}) < 3:
@@ -131,7 +151,8 @@ def tls_server(tls_repository: Path, certificate, tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "hf2triton.cli", "serve", "--model-repository", str(tls_repository),
          "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-         "--log-file", str(log_file), "--grpc-use-ssl", "--grpc-server-cert", str(cert), "--grpc-server-key", str(key)],
+         "--log-file", str(log_file), "--grpc-use-ssl", "--grpc-server-cert", str(cert), "--grpc-server-key", str(key),
+         "--gateway-port", "0"],
         stderr=subprocess.PIPE, text=True, env=_env(),
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -139,7 +160,7 @@ def tls_server(tls_repository: Path, certificate, tmp_path_factory):
     seen: list[str] = []
     deadline = time.monotonic() + 240
     try:
-        while not any("press Ctrl-C" in line for line in seen):
+        while not any("gateway  http://" in line for line in seen):
             assert process.poll() is None, "serve exited early:\n" + "".join(seen)
             assert time.monotonic() < deadline, "serve never became ready:\n" + "".join(seen)
             try:
@@ -202,3 +223,20 @@ def test_cli_infer_over_grpc_tls(tls_server, certificate) -> None:
     assert untrusted.returncode == 2, untrusted.stdout + untrusted.stderr
     assert untrusted.stderr.startswith("error: ") and untrusted.stderr.count("\n") == 1, untrusted.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr and "Traceback" not in untrusted.stderr
+
+
+@pytest.mark.e2e
+def test_gateway_beside_a_tls_server_reaches_it_over_grpc_tls(tls_server) -> None:
+    import json
+    import urllib.request
+
+    _, _, seen = tls_server
+    base = next(line for line in seen if "gateway  http://" in line).split("gateway  ", 1)[1].split()[0]
+    with urllib.request.urlopen(f"{base}/v1/models", timeout=30) as response:
+        models = [model["id"] for model in json.loads(response.read())["data"]]
+    assert MODEL in models
+    request = urllib.request.Request(f"{base}/predict", data=json.dumps({"inputs": TEXTS[0]}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    assert answer and all({"label", "score"} <= set(item) for item in answer), answer
