@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 from hf2triton.contract import DEFAULT_HOST, local_url
 from hf2triton.errors import OptionsError
+from hf2triton.serving.config import ADMIN_KEY_ENV  # Triton's restricted-API key, as `hf2triton serve` reads it
 
 if TYPE_CHECKING:
     from hf2triton.client.transport import TLSOptions
 
 API_KEY_ENV = "HF2TRITON_GATEWAY_API_KEY"  # when set, every endpoint but /health and /metrics needs the bearer token
-ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # Triton's restricted-API key (the repository index needs it when set)
 
 
 @dataclass(frozen=True)

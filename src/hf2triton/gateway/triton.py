@@ -17,10 +17,11 @@ import numpy as np
 
 from hf2triton.client import ModelInfo, TLSOptions, to_client_error
 from hf2triton.errors import ClientError
+from hf2triton.serving.config import GRPC_RESTRICTED_PREFIX, RESTRICTED_KEY_HEADER
 
 logger = logging.getLogger(__name__)
 
-GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"  # how tritonserver reads the restricted-API key over gRPC
+GRPC_ADMIN_HEADER = GRPC_RESTRICTED_PREFIX + RESTRICTED_KEY_HEADER  # how tritonserver reads the admin key over gRPC
 # gRPC messages of a large batch of long texts exceed gRPC's 4 MiB default.
 _CHANNEL_ARGS = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                  ("grpc.max_receive_message_length", 64 * 1024 * 1024)]

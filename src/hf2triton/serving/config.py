@@ -19,6 +19,7 @@ problem. The defaults below are the ones the CLI offers; it imports them from he
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = [
     "ServerConfig",
     "client_host",
     "free_port",
+    "is_loopback",
     "port_is_free",
     "redact_argv",
 ]
@@ -78,6 +80,16 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only (0.0.0.0 is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def client_host(host: str) -> str:
