@@ -240,3 +240,19 @@ def test_gateway_beside_a_tls_server_reaches_it_over_grpc_tls(tls_server) -> Non
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
     assert answer and all({"label", "score"} <= set(item) for item in answer), answer
+
+
+@pytest.mark.e2e
+def test_cli_verify_and_perf_over_grpc_tls(tls_server, certificate, tiny_checkpoint, tmp_path: Path) -> None:
+    grpc_url, _, _ = tls_server
+    cert, _ = certificate
+    tls = ("--ssl", "--root-certificates", str(cert))
+    verify = _cli("verify", "--model", MODEL, "--protocol", "grpc", "--grpc-url", grpc_url,
+                  "--checkpoint", str(tiny_checkpoint("bert")), *tls, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    perf = _cli("perf", "--model", MODEL, "--grpc-url", grpc_url, "--concurrency", "1", "--window", "0.5",
+                "--warmup", "0", "--stable-windows", "1", "--max-windows", "1", "-o", str(tmp_path), *tls,
+                timeout=300)
+    assert perf.returncode == 0, perf.stdout + perf.stderr
+    rows = (tmp_path / "sweep_grpc_b1.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("1,"), rows  # the header and concurrency 1
