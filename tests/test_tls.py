@@ -224,6 +224,10 @@ def test_cli_infer_over_grpc_tls(tls_server, certificate) -> None:
     assert untrusted.stderr.startswith("error: ") and untrusted.stderr.count("\n") == 1, untrusted.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr and "Traceback" not in untrusted.stderr
 
+    plain = _cli("infer", *TEXTS, "--url", grpc_url, "--model", MODEL, "--timeout", "5")
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1, plain.stdout + plain.stderr
+    assert plain.stderr.rstrip().endswith("(if the server uses TLS, add --ssl)"), plain.stderr
+
 
 @pytest.mark.e2e
 def test_gateway_beside_a_tls_server_reaches_it_over_grpc_tls(tls_server) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,24 @@ def tls_options(args: argparse.Namespace, *urls: str | None) -> dict[str, Any]:
             "certificate_chain": args.certificate_chain}
 
 
+# What gRPC reports when a plain client meets a TLS port: the server drops the connection.
+_PLAIN_TO_TLS = "Socket closed"
+
+
+@contextlib.contextmanager
+def tls_hint(tls: dict[str, Any], *urls: str | None) -> Iterator[None]:
+    """Add "add --ssl" to a refused connection that looks like a plain client at a TLS server."""
+    from hf2triton.errors import ServerUnavailableError
+
+    try:
+        yield
+    except ServerUnavailableError as error:
+        plain = not tls["ssl"] and not any((url or "").startswith("https://") for url in urls)
+        if plain and _PLAIN_TO_TLS in str(error):
+            raise ServerUnavailableError(f"{error} (if the server uses TLS, add --ssl)") from error
+        raise
+
+
 def print_results(texts: list[str], results: list) -> None:
     from hf2triton.client import Classification, Embedding, Entities
 
@@ -94,7 +114,8 @@ def run_infer(args: argparse.Namespace) -> int:
     from hf2triton.client import Client
 
     # The client owns the default address per protocol (url=None) and refuses bad ones.
-    with Client(args.url, protocol=args.protocol, model=args.model, **tls_options(args, args.url)) as client:
+    tls = tls_options(args, args.url)
+    with Client(args.url, protocol=args.protocol, model=args.model, **tls) as client, tls_hint(tls, args.url):
         texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin]
         client.wait_for_model(timeout_s=args.timeout)
         print_results(texts, client.infer(texts))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf2triton.cli.infer import add_tls_arguments, tls_options
+from hf2triton.cli.infer import add_tls_arguments, tls_hint, tls_options
 from hf2triton.cli.library import LibraryDefault
 from hf2triton.contract import DEFAULT_MODEL_NAME, PROTOCOLS, local_url
 
@@ -54,7 +54,8 @@ def run_verify(args: argparse.Namespace) -> int:
     texts = read_texts(args.texts) if args.texts else VERIFY_TEXTS
     tolerance = Tolerance(**given(args, "min_cosine", "atol", rename={"atol": "score_atol"}))
     tls = tls_options(args, *urls.values())
-    report = verify(args.model, checkpoint, urls, texts, tolerance, args.timeout, tls)
+    with tls_hint(tls, *urls.values()):
+        report = verify(args.model, checkpoint, urls, texts, tolerance, args.timeout, tls)
     print("\n".join(report.table()))
     print(report.summary())
     return 0 if report.passed else 1
