@@ -24,7 +24,7 @@ import hf2triton.serving
 from hf2triton.gateway.settings import GatewaySettings
 from hf2triton.client import Classification, Client
 from hf2triton.errors import OptionsError, ServerUnavailableError
-from hf2triton.serving import ServerConfig, free_port
+from hf2triton.serving import LocalTritonServer, ServerConfig, free_port
 
 SRC = Path(hf2triton.serving.__file__).resolve().parents[2]
 MODEL = "tls_topics"
@@ -42,19 +42,29 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
                           env=_env(), timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[Path, Path]:
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (in subjectAltName, which gRPC checks) and its key."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "server.pem", folder / "server.key"
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """The server's self-signed certificate and key."""
+    return _self_signed(tmp_path_factory.mktemp("tls"), "server")
+
+
+@pytest.fixture(scope="module")
+def client_certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A client's self-signed certificate (its own CA, given to the server as --grpc-root-cert) and key."""
+    return _self_signed(tmp_path_factory.mktemp("tls_client"), "client")
 
 
 # ----------------------------------------------------------------------------- no server
@@ -260,3 +270,18 @@ def test_cli_verify_and_perf_over_grpc_tls(tls_server, certificate, tiny_checkpo
     assert perf.returncode == 0, perf.stdout + perf.stderr
     rows = (tmp_path / "sweep_grpc_b1.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,"), rows  # the header and concurrency 1
+
+
+@pytest.mark.e2e
+def test_mutual_tls_needs_the_client_certificate(tls_repository: Path, certificate, client_certificate) -> None:
+    cert, key = certificate
+    client_cert, client_key = client_certificate
+    config = ServerConfig(tls_repository, http_port=0, grpc_port=0, metrics_port=0, grpc_use_ssl_mutual=True,
+                          grpc_server_cert=cert, grpc_server_key=key, grpc_root_cert=client_cert)
+    with LocalTritonServer(config).start(ready_timeout_s=240) as server:
+        with Client(server.grpc_url, model=MODEL, ssl=True, root_certificates=cert, private_key=client_key,
+                    certificate_chain=client_cert, timeout_s=30) as client:
+            assert len(client.infer(TEXTS)) == 2
+        with Client(server.grpc_url, model=MODEL, ssl=True, root_certificates=cert, timeout_s=10) as anonymous:
+            with pytest.raises(ServerUnavailableError):
+                anonymous.infer(TEXTS)
