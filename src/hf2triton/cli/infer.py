@@ -63,7 +63,8 @@ def tls_options(args: argparse.Namespace, *urls: str | None) -> dict[str, Any]:
 
     given = [f"--{name.replace('_', '-')}" for name in TLS_FILE_OPTIONS if getattr(args, name) is not None]
     if given and not args.ssl and not all((url or "").startswith("https://") for url in urls):
-        raise OptionsError(f"{', '.join(given)} need TLS: add --ssl (or use an https:// URL)")
+        verb = "need" if len(given) > 1 else "needs"
+        raise OptionsError(f"{', '.join(given)} {verb} TLS: add --ssl (or use an https:// URL)")
     # gRPC's C core logs every failed TLS handshake at INFO on stderr; the error we raise says it once.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     return {"ssl": args.ssl, "root_certificates": args.root_certificates, "private_key": args.private_key,

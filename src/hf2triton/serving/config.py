@@ -193,7 +193,8 @@ class ServerConfig:
     def _tls_problems(self) -> list[str]:
         given = [name for name in _TLS_FILE_FIELDS if getattr(self, name) is not None]
         if not self.grpc_tls:
-            return [f"{', '.join(given)} need grpc_use_ssl (--grpc-use-ssl)"] if given else []
+            verb = "need" if len(given) > 1 else "needs"
+            return [f"{', '.join(given)} {verb} grpc_use_ssl (--grpc-use-ssl)"] if given else []
         problems = [f"grpc TLS needs {name} (--{name.replace('_', '-')})"
                     for name in ("grpc_server_cert", "grpc_server_key") if name not in given]
         if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
