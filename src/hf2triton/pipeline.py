@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
-from hf2triton.contract import DEFAULT_MODEL_NAME
+from hf2triton.contract import DEFAULT_MODEL_NAME, DEFAULT_REPOSITORY
 from hf2triton.export.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import OptionsError
 from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
@@ -36,7 +36,7 @@ DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class ExportOptions:
     checkpoint: Path | None = None  # None: the embedded default model
-    output_dir: Path = Path("model_repository")
+    output_dir: Path = Path(DEFAULT_REPOSITORY)
     name: str | None = None  # default: from the checkpoint folder's name
     task: str | None = None  # default: detected from config.json
     max_length: int | None = None  # default: the model's own limit

@@ -30,8 +30,8 @@ from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, Opt
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("grpc", "http")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+PROTOCOLS = contract.PROTOCOLS
+DEFAULT_PORTS = {protocol: contract.DEFAULT_PORTS[protocol] for protocol in PROTOCOLS}  # where `hf2triton serve` listens
 _PLAIN_SCHEMES = ("http://", "grpc://")
 _TLS_SCHEMES = ("https://",)
 
@@ -116,7 +116,7 @@ def parse_endpoint(
     """
     if protocol not in PROTOCOLS:
         raise OptionsError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-    address = url or f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
+    address = url or contract.local_url(protocol)
     for scheme in _PLAIN_SCHEMES + _TLS_SCHEMES:
         if address.startswith(scheme):
             address, ssl = address[len(scheme) :], ssl or scheme in _TLS_SCHEMES

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,14 +252,16 @@ _CHECKS = {
 }
 
 
-def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float) -> list[Result]:
-    with Client(url, protocol=protocol, model=model) as client:
+def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float,
+                   tls: Mapping[str, Any] | None = None) -> list[Result]:
+    with Client(url, protocol=protocol, model=model, **(tls or {})) as client:
         client.wait_for_model(timeout_s=timeout_s)
         return client.infer(list(texts))
 
 
-def served_info(url: str, protocol: str, model: str, timeout_s: float) -> ModelInfo:
-    with Client(url, protocol=protocol, model=model) as client:
+def served_info(url: str, protocol: str, model: str, timeout_s: float,
+                tls: Mapping[str, Any] | None = None) -> ModelInfo:
+    with Client(url, protocol=protocol, model=model, **(tls or {})) as client:
         return client.wait_for_model(timeout_s=timeout_s)
 
 
@@ -277,22 +279,26 @@ def verify(
     texts: Sequence[str] = VERIFY_TEXTS,
     tolerance: Tolerance = Tolerance(),
     timeout_s: float = 60.0,
+    tls: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
-    """Send ``texts`` over each protocol in ``urls`` ({"grpc": host:port, ...}) and compare."""
+    """Send ``texts`` over each protocol in ``urls`` ({"grpc": host:port, ...}) and compare.
+
+    ``tls``: the :class:`Client`'s TLS keywords (``ssl``, ``root_certificates``, ...).
+    """
     if not texts:
         raise CheckpointError("no texts to verify with")
     checkpoint = Path(checkpoint).expanduser().resolve()
     if not (checkpoint / "config.json").exists():
         raise CheckpointError(f"{checkpoint} is not a checkpoint directory (no config.json)")
     protocol, url = next(iter(urls.items()))
-    info = served_info(url, protocol, model, timeout_s)
+    info = served_info(url, protocol, model, timeout_s, tls)
     task = tasks.TASKS.get(info.task)
     if task is None or task.comparison.served not in _CHECKS:
         raise CheckpointError(f"model {model!r} serves task {info.task!r}, which verify cannot check")
     check = _CHECKS[task.comparison.served]
     kept, skipped = within_limit(texts, info.max_text_bytes)
     sent = [texts[i] for i in kept]
-    answers = {protocol: served_answers(url, protocol, model, sent, timeout_s) for protocol, url in urls.items()}
+    answers = {protocol: served_answers(url, protocol, model, sent, timeout_s, tls) for protocol, url in urls.items()}
     log.info("running %s in PyTorch on %d texts", checkpoint, len(sent))
     expected = check.reference(checkpoint, sent, info, task) if sent else []
     checks = []
