@@ -125,9 +125,8 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serving_options(args: argparse.Namespace):
     """ServingOptions from the options the user set; the library's defaults for the rest."""
-    from hf2triton.errors import Hf2TritonError, OptionsError
-    from hf2triton.repository import ServingOptions
-    from hf2triton.repository import VersionPolicy
+    from hf2triton.errors import OptionsError
+    from hf2triton.repository import ServingOptions, VersionPolicy
 
     values = given(args, *SERVING_FIELDS, rename=SERVING_FIELDS)
     if not isinstance(args.preferred_batch_size, LibraryDefault):
@@ -135,7 +134,7 @@ def serving_options(args: argparse.Namespace):
     if not isinstance(args.version_policy, LibraryDefault):
         try:
             values["version_policy"] = VersionPolicy.parse(args.version_policy)
-        except (Hf2TritonError, ValueError) as error:  # RepositoryError today: either way an option problem
+        except OptionsError as error:  # name the flag the user typed
             raise OptionsError(f"--version-policy: {error}") from None
     return ServingOptions(**values)
 
