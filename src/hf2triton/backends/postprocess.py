@@ -61,7 +61,8 @@ def check_inputs(feed: dict[str, np.ndarray], task: str, width: int) -> None:
     rows = {name: array.shape[0] for name, array in feed.items()}
     if len(set(rows.values())) > 1:
         raise RequestError(f"inputs must have one batch size, got {rows}")
-    lengths = {name: array.shape[1] for name, array in feed.items() if array.ndim >= 2 and name != TEXT_INPUT
+    lengths = {name: array.shape[1] for name, array in feed.items() if array.ndim >= 2
+               and name not in (TEXT_INPUT, "window_text")  # one per row, no sequence axis
                and not (name == "logits" and logits_rank == 2)}
     if len(set(lengths.values())) > 1:
         raise RequestError(f"inputs must have one sequence length, got {lengths}")

@@ -389,6 +389,7 @@ class TritonPythonModel:
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.text_options = TextOptions.from_json(params.get("text_options", "{}"))
+        self.emit_sources = any(tensor["name"] == WINDOW_SOURCE for tensor in config["output"])
         if self.text_options.windowed:
             self.window_tokenizer = load_window_tokenizer(
                 version_dir / "tokenizer.json", self.settings.max_length, self.text_options.stride
@@ -428,7 +429,8 @@ class TritonPythonModel:
             return _error_response(f"tokenizer step failed on this request: {exc}", internal=True)
         tensors = [pb_utils.Tensor(name, array) for name, array in windows.batch.arrays.items()]
         tensors.append(pb_utils.Tensor(WINDOW_TEXT, windows.owner.reshape(-1, 1)))
-        tensors.append(pb_utils.Tensor(WINDOW_SOURCE, windows.source.reshape(-1, 1)))
+        if self.emit_sources:
+            tensors.append(pb_utils.Tensor(WINDOW_SOURCE, windows.source.reshape(-1, 1)))
         tensors.append(pb_utils.Tensor(self.truncated_output, windows.truncated.reshape(-1, 1)))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 

@@ -92,11 +92,11 @@ def step_models(
     settings: TokenizerSettings,
     serving: ServingOptions,
     entities: EntitySettings | None = None,
-    text: TextOptions = TextOptions(),
+    text_options: TextOptions = TextOptions(),
 ) -> tuple[PythonModel, PythonModel, PythonModel]:
     """The three python-backend step configs for ``checkpoint``'s task.
 
-    Windowed (``text.windowed``): the tokenizer sends one row per window plus each row's text
+    Windowed (``text_options.windowed``): the tokenizer sends one row per window plus each row's text
     index and source text, so the model and postprocess steps take up to ``max_windows`` rows
     per text.
     """
@@ -115,9 +115,12 @@ def step_models(
         task.model_output, "TYPE_FP32", (-1, width) if task.model_output_has_sequence_axis else (width,)
     )
     mbs = serving.max_batch_size
-    rows = mbs * text.max_windows if text.windowed else mbs  # the model and postprocess steps' rows
-    windows = (int64(contract.TENSOR_WINDOW_TEXT), Tensor(contract.TENSOR_WINDOW_SOURCE, "TYPE_STRING", (1,)))
-    windows = windows if text.windowed else ()
+    rows = mbs * text_options.max_windows if text_options.windowed else mbs  # the model and postprocess steps' rows
+    # Per window row: its text's index, and (for steps that read the text) the text on its first row.
+    windows = (Tensor(contract.TENSOR_WINDOW_TEXT, "TYPE_INT64", (1,)),)
+    if contract.INPUT_TEXT in task.postprocess_inputs:
+        windows += (Tensor(contract.TENSOR_WINDOW_SOURCE, "TYPE_STRING", (1,)),)
+    windows = windows if text_options.windowed else ()
     policy = serving.version_policy
     # The python model step takes ragged requests (each padded to its own longest text) and
     # sorts their texts by length; the container's native model steps take bucketed tensors.
@@ -134,7 +137,7 @@ def step_models(
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
         parameters={"settings": replace(settings, ragged=ragged).to_json(),
-                    "truncated_output": contract.OUTPUT_TRUNCATED, "text_options": text.to_json()},
+                    "truncated_output": contract.OUTPUT_TRUNCATED, "text_options": text_options.to_json()},
         version_policy=policy,
         warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
