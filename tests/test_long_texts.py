@@ -193,3 +193,19 @@ def long_text_server(tmp_path_factory, tiny_checkpoint):
                           log_file=root.parent / "tritonserver.log")
     with LocalTritonServer(config).start(ready_timeout_s=180) as running:
         yield running, names
+
+
+@pytest.mark.e2e
+def test_verify_checks_windows_and_dimensions(long_text_server, default_model_dir, tiny_checkpoint):
+    """``hf2triton verify`` adds a text several windows long (and, for embeddings, half the dimensions)."""
+    from hf2triton.client.verify import verify
+
+    server, names = long_text_server
+    urls = {"grpc": server.grpc_url, "http": server.http_url}
+    for model, checkpoint in ((names["ner"], tiny_checkpoint("bert", "token-classification")),
+                              (names["chunk"], default_model_dir)):
+        report = verify(model, checkpoint, urls)
+        assert report.passed, "\n".join(report.table())
+        long_checks = [c for c in report.checks if len(c.text) > 12 * MAX_LENGTH]
+        assert long_checks and all(c.passed for c in long_checks)
+    assert any("dimensions=192" in c.detail for c in report.checks)

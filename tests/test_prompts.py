@@ -134,3 +134,13 @@ def test_raw_kserve_request_with_parameters(prompt_server, reference):
     with pytest.raises(urllib.error.HTTPError) as failure:
         urllib.request.urlopen(request, timeout=60)
     assert failure.value.code == 400 and "dimensions must be an integer in 1..384" in failure.value.read().decode()
+
+
+@pytest.mark.e2e
+def test_verify_checks_every_prompt(prompt_server, prompt_dir):
+    from hf2triton.client.verify import verify
+
+    report = verify(NAMES["ensemble"], prompt_dir, {"http": prompt_server.http_url})
+    assert report.passed, "\n".join(report.table())
+    details = " ".join(c.detail for c in report.checks)
+    assert all(f"prompt_name={name}" in details for name in ("query", "passage")) and "dimensions=192" in details
