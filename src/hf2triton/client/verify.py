@@ -403,7 +403,7 @@ def verify(
         for index, text, served, reference in zip(kept, sent, results, expected):
             passed, detail = check.compare(served, reference, info, tolerance)
             checks.append(TextCheck(protocol, index, text, passed, detail))
-    if task.answer == tasks.ANSWER_EMBEDDING and sent:
+    if task.answer == tasks.ANSWER_EMBEDDING and sent and all(c.passed for c in checks):  # options on a match
         width = len(next(iter(answers.values()))[0].vector)
         checks += check_options(model, checkpoint, urls, info, sent, kept, width, tolerance, timeout_s)
     return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
