@@ -212,3 +212,13 @@ def test_verify_checks_windows_and_dimensions(long_text_server, default_model_di
         if model == names["ner"]:  # a text over --max-windows is cut (reported): verify does not compare it
             assert report.skipped == (VERIFY_TEXTS.index(LONG_TEXT),)
     assert any("dimensions=192" in c.detail for c in report.checks)
+
+
+def test_window_rows_are_checked_and_merged_by_token_count():
+    """The postprocess step's merge: sum(n_i v_i) / sum(n_i) per text; malformed row maps are refused."""
+    pooled = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]], dtype=np.float32)
+    merged = postprocess.merge_windows(pooled, np.array([3, 1, 2]), np.array([[0], [0], [1]]))
+    np.testing.assert_allclose(merged, [[0.75, 0.25], [3.0, 4.0]])
+    for owner in ([1, 1], [0, 2], [0, 1, 0], []):
+        with pytest.raises(postprocess.RequestError, match="window_text must number texts 0, 1, ..."):
+            postprocess.check_owners(np.array(owner, dtype=np.int64))

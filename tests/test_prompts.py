@@ -144,3 +144,18 @@ def test_verify_checks_every_prompt(prompt_server, prompt_dir):
     assert report.passed, "\n".join(report.table())
     details = " ".join(c.detail for c in report.checks)
     assert all(f"prompt_name={name}" in details for name in ("query", "passage")) and "dimensions=192" in details
+
+
+@pytest.mark.e2e
+def test_async_client_sends_the_options(prompt_server, reference):
+    import asyncio
+
+    from hf2triton.client import AsyncClient
+
+    async def embed():
+        async with AsyncClient(prompt_server.grpc_url, protocol="grpc", model=NAMES["ensemble"]) as client:
+            await client.wait_for_model(timeout_s=60)
+            return await client.embed(TEXTS, prompt_name="passage", dimensions=32)
+
+    served = asyncio.run(embed())
+    assert cosines(served, reference("passage", 32)).min() >= 0.9999
