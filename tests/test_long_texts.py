@@ -222,3 +222,19 @@ def test_window_rows_are_checked_and_merged_by_token_count():
     for owner in ([1, 1], [0, 2], [0, 1, 0], []):
         with pytest.raises(postprocess.RequestError, match="window_text must number texts 0, 1, ..."):
             postprocess.check_owners(np.array(owner, dtype=np.int64))
+
+
+@pytest.mark.parametrize("task, args, message", [
+    ("sequence-classification", ("--stride", "8"), "sequence-classification truncates long texts"),
+    ("token-classification", ("--stride", "8", "--layout", "fused"), "need the ensemble layout"),
+    ("token-classification", ("--stride", "64", "--max-length", "32"), "--stride 64 must be in 0..29"),
+])
+def test_long_text_mistakes_end_in_one_line(tiny_checkpoint, tmp_path, task, args, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "hf2triton.cli", "export", str(tiny_checkpoint("bert", task)),
+                           "-o", str(tmp_path / "repo"), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr
+    assert "Traceback" not in done.stderr
