@@ -127,12 +127,12 @@ class ClientBase:
         self._check_open()
         return encode_texts(texts)  # type and UTF-8 errors surface before any request
 
-    def _plan(self, info: ModelInfo, batch: np.ndarray) -> Plan:
+    def _plan(self, info: ModelInfo, batch: np.ndarray, parameters: dict[str, Any] | None = None) -> Plan:
         outputs = task_of(info).served_outputs
         check_sizes(batch, info.max_text_bytes)
         parts = chunk(batch, info.max_batch_size)
         logger.debug("%s: %d texts in %d requests to %s", self.model, len(batch), len(parts), self.url)
-        return Plan(info, tuple(self._transport.request(part, outputs) for part in parts))
+        return Plan(info, tuple(self._transport.request(part, outputs, parameters) for part in parts))
 
     def _remember(self, config: Any) -> ModelInfo:
         self._info = model_info_from_config(self.model, config)
@@ -152,3 +152,18 @@ class ClientBase:
         if answer == tasks.ANSWER_EMBEDDING:
             return stack_embeddings(results)
         return [r for r in results if isinstance(r, RESULT_TYPES[answer])]
+
+
+def embedding_parameters(prompt_name: str | None, dimensions: int | None) -> dict[str, Any]:
+    """``embed``'s options as KServe v2 request parameters; the server checks them against the model
+    (known prompt, 1..embedding size) and answers a mistake with a 400 naming it."""
+    parameters: dict[str, Any] = {}
+    if prompt_name is not None:
+        if not isinstance(prompt_name, str) or not prompt_name:
+            raise ClientError(f"prompt_name must be a non-empty string, got {prompt_name!r}")
+        parameters[contract.REQUEST_PROMPT_NAME] = prompt_name
+    if dimensions is not None:
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+            raise ClientError(f"dimensions must be a positive integer, got {dimensions!r}")
+        parameters[contract.REQUEST_DIMENSIONS] = dimensions
+    return parameters

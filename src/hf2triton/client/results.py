@@ -35,6 +35,10 @@ class ModelInfo:
     max_text_bytes: int
     max_sequence_length: int
     aggregation: str = ""  # token classification: how token labels were grouped into entities
+    prompts: tuple[str, ...] = ()  # embeddings: the prompt names a request may give (``prompt_name``)
+    default_prompt_name: str = ""  # the prompt applied when a request names none ("" = none)
+    max_windows: int = 0  # > 0: long texts are served in up to this many windows, else truncated
+    stride: int = 0  # tokens consecutive windows share
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,4 +288,19 @@ def model_info_from_config(name: str, config: Mapping[str, Any]) -> ModelInfo:
         max_text_bytes=_int_param(name, params, contract.PARAM_MAX_TEXT_BYTES),
         max_sequence_length=_int_param(name, params, contract.PARAM_MAX_SEQUENCE_LENGTH),
         aggregation=params.get(contract.PARAM_AGGREGATION, "").strip(),
+        prompts=tuple(_prompt_names(name, params)),
+        default_prompt_name=params.get(contract.PARAM_DEFAULT_PROMPT, "").strip(),
+        max_windows=_int_param(name, params, contract.PARAM_MAX_WINDOWS),
+        stride=_int_param(name, params, contract.PARAM_STRIDE),
     )
+
+
+def _prompt_names(name: str, params: Mapping[str, str]) -> list[str]:
+    raw = params.get(contract.PARAM_PROMPTS, "").strip() or "{}"
+    try:
+        prompts = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"model {name!r}: parameter {contract.PARAM_PROMPTS} is not JSON: {exc}") from exc
+    if not isinstance(prompts, dict):
+        raise ClientError(f"model {name!r}: parameter {contract.PARAM_PROMPTS} must be a JSON object")
+    return sorted(str(k) for k in prompts)

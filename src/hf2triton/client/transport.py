@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -220,6 +220,7 @@ class Request:
     inputs: tuple[Any, ...]
     outputs: tuple[Any, ...]
     output_names: tuple[str, ...]
+    parameters: tuple[tuple[str, Any], ...] = ()  # KServe v2 request parameters (prompt_name, dimensions)
 
 
 class Transport:
@@ -315,17 +316,19 @@ class Transport:
             return self.connection().get_inference_statistics(model_name="", as_json=True)
         return self.connection().get_inference_statistics(model_name="")
 
-    def request(self, batch: np.ndarray, outputs: Sequence[str]) -> Request:
-        """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` and asking for ``outputs``."""
+    def request(self, batch: np.ndarray, outputs: Sequence[str], parameters: Mapping[str, Any] | None = None) -> Request:
+        """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` and asking for ``outputs``,
+        with ``parameters`` as its KServe v2 request parameters."""
         module = self.module
         text = module.InferInput(contract.INPUT_TEXT, list(batch.shape), "BYTES")
         text.set_data_from_numpy(batch)
         requested = tuple(module.InferRequestedOutput(name) for name in outputs)
-        return Request((text,), requested, tuple(outputs))
+        return Request((text,), requested, tuple(outputs), tuple(sorted((parameters or {}).items())))
 
     def infer(self, request: Request) -> Any:
+        extra = {"parameters": dict(request.parameters)} if request.parameters else {}
         return self.connection().infer(
-            self.model, list(request.inputs), outputs=list(request.outputs), **self._kw()
+            self.model, list(request.inputs), outputs=list(request.outputs), **extra, **self._kw()
         )
 
     def close(self) -> Any:
