@@ -419,8 +419,8 @@ def test_connect_closes_client_and_raises_when_not_ready():
 
 
 PUBLIC_API = {
-    "DEFAULT_MODEL", "TASK_EMBEDDINGS", "TASK_SEQUENCE_CLASSIFICATION", "TASK_TOKEN_CLASSIFICATION",
-    "ModelInfo", "Embedding", "Classification", "Entity", "Entities", "Result",
+    "DEFAULT_MODEL", "TASK_EMBEDDINGS", "TASK_SEQUENCE_CLASSIFICATION", "TASK_TOKEN_CLASSIFICATION", "TASK_RERANK",
+    "ModelInfo", "Embedding", "Classification", "Entity", "Entities", "Score", "RerankResult", "Result",
     "Client", "AsyncClient", "connect", "Endpoint", "TLSOptions", "parse_endpoint",
     "encode_texts", "chunk", "decode_outputs", "model_info_from_config", "to_client_error",
 }

@@ -315,13 +315,18 @@ class Transport:
             return self.connection().get_inference_statistics(model_name="", as_json=True)
         return self.connection().get_inference_statistics(model_name="")
 
-    def request(self, batch: np.ndarray, outputs: Sequence[str]) -> Request:
-        """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` and asking for ``outputs``."""
+    def request(self, batch: np.ndarray, outputs: Sequence[str], pair: np.ndarray | None = None) -> Request:
+        """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` (and ``pair`` as ``TEXT_PAIR``)
+        and asking for ``outputs``."""
         module = self.module
-        text = module.InferInput(contract.INPUT_TEXT, list(batch.shape), "BYTES")
-        text.set_data_from_numpy(batch)
+        inputs = []
+        for name, array in ((contract.INPUT_TEXT, batch), (contract.INPUT_TEXT_PAIR, pair)):
+            if array is not None:
+                tensor = module.InferInput(name, list(array.shape), "BYTES")
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
         requested = tuple(module.InferRequestedOutput(name) for name in outputs)
-        return Request((text,), requested, tuple(outputs))
+        return Request(tuple(inputs), requested, tuple(outputs))
 
     def infer(self, request: Request) -> Any:
         return self.connection().infer(

@@ -8,7 +8,13 @@ with what a user of the checkpoint would compute with transformers itself:
 - sequence-classification: top label and every probability of
   ``AutoModelForSequenceClassification`` (softmax, or sigmoid for multi-label);
 - token-classification: transformers' ``TokenClassificationPipeline`` with the served
-  aggregation: the same entities (label, start, end, word) with scores within tolerance.
+  aggregation: the same entities (label, start, end, word) with scores within tolerance;
+- rerank: ``sentence_transformers.CrossEncoder(checkpoint).predict(pairs)`` (its configured
+  activation): every score within ``Tolerance.rerank_atol``.
+
+Models that take text pairs (``TEXT_PAIR``) are checked on pairs too: each text with the
+text at the mirrored position (:func:`hf2triton.export.parity.text_pairs`), tokenized by
+the reference as ``tokenizer(text, text_pair)``; a reranker is checked on pairs only.
 
 The reference truncates at the served max length, as the served tokenizer does. What
 is compared is the task row's ``comparison.served`` (:mod:`hf2triton.tasks`); the
@@ -28,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
-from hf2triton.client.results import Classification, Embedding, Entities, ModelInfo, Result
+from hf2triton.client.results import Classification, Embedding, Entities, ModelInfo, Result, Score
 from hf2triton.client.sync import Client
 from hf2triton.errors import CheckpointError
-from hf2triton.export.parity import VERIFY_TEXTS
+from hf2triton.export.parity import VERIFY_TEXTS, text_pairs
 from hf2triton.repository import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ PROTOCOLS = ("grpc", "http")
 class Tolerance:
     min_cosine: float = 0.9999  # embeddings
     score_atol: float = 1e-3  # probabilities and entity scores
+    rerank_atol: float = 1e-4  # rerank scores against CrossEncoder.predict
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,8 @@ def _pooled(hidden, mask, mode: str):
     return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
 
 
-def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> np.ndarray:
+def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                         pairs: Sequence[str] | None = None) -> np.ndarray:
     """sentence-transformers for its checkpoints; else AutoModel with the detected pooling."""
     import torch
 
@@ -163,21 +171,26 @@ def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo
     return np.concatenate(parts)
 
 
-def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> np.ndarray:
+def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                            pairs: Sequence[str] | None = None) -> np.ndarray:
+    """Probabilities of ``AutoModelForSequenceClassification``; with ``pairs`` on ``tokenizer(text, pair)``
+    (``longest_first`` truncation), as ``pipeline("text-classification")`` computes them."""
     import torch
 
     tokenizer = _tokenizer(checkpoint, info.max_sequence_length)
     model = _load(task.auto_model, checkpoint)
     parts = []
-    for batch in _batches(texts):
-        encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+    second = _batches(pairs) if pairs is not None else [None] * len(_batches(texts))
+    for batch, batch_pairs in zip(_batches(texts), second):
+        encoded = tokenizer(batch, batch_pairs, padding=True, truncation=True, return_tensors="pt")
         with torch.no_grad():
             logits = model(**encoded).logits
         parts.append((torch.sigmoid(logits) if info.multi_label else torch.softmax(logits, -1)).numpy())
     return np.concatenate(parts)
 
 
-def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> list[list[dict]]:
+def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                       pairs: Sequence[str] | None = None) -> list[list[dict]]:
     from transformers import pipeline
 
     ner = pipeline(
@@ -190,6 +203,16 @@ def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "does not support real words": the pipeline's heuristic applies
         return [ner(text) if text else [] for text in texts]  # the pipeline refuses "" (served: no entities)
+
+
+def reference_scores(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                     pairs: Sequence[str] | None = None) -> np.ndarray:
+    """``CrossEncoder(checkpoint).predict`` on (text, pair) rows, truncated at the served max length."""
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(checkpoint), device="cpu", max_length=info.max_sequence_length)
+    rows = list(zip(texts, pairs if pairs is not None else [""] * len(texts)))
+    return np.asarray(model.predict(rows, batch_size=8, show_progress_bar=False), dtype=np.float64).reshape(-1)
 
 
 # ----------------------------------------------------------------- comparisons
@@ -236,11 +259,18 @@ def compare_entities(served: Result, expected: list[dict], info: ModelInfo, tole
     return diff <= tolerance.score_atol, f"{len(got)} entities, max |Δscore| {diff:.1e}"
 
 
+def compare_score(served: Result, expected: float, info: ModelInfo, tolerance: Tolerance) -> tuple[bool, str]:
+    if not isinstance(served, Score):
+        return _unexpected(served, Score)
+    diff = abs(served.score - float(expected))
+    return diff <= tolerance.rerank_atol, f"score {served.score:.6f} vs {float(expected):.6f}, |Δ| {diff:.1e}"
+
+
 @dataclass(frozen=True)
 class _Check:
     """How one kind of served answer is computed in PyTorch and compared."""
 
-    reference: Callable[[Path, Sequence[str], ModelInfo, tasks.Task], Sequence]
+    reference: Callable[..., Sequence]  # (checkpoint, texts, info, task, pairs=None)
     compare: Callable[[Result, Any, ModelInfo, Tolerance], tuple[bool, str]]
 
 
@@ -249,13 +279,15 @@ _CHECKS = {
     tasks.ANSWER_EMBEDDING: _Check(reference_embeddings, compare_embedding),
     tasks.ANSWER_CLASSIFICATION: _Check(reference_probabilities, compare_classification),
     tasks.ANSWER_ENTITIES: _Check(reference_entities, compare_entities),
+    tasks.ANSWER_SCORE: _Check(reference_scores, compare_score),
 }
 
 
-def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float) -> list[Result]:
+def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float,
+                   pairs: Sequence[str] | None = None) -> list[Result]:
     with Client(url, protocol=protocol, model=model) as client:
         client.wait_for_model(timeout_s=timeout_s)
-        return client.infer(list(texts))
+        return client.infer(list(texts), None if pairs is None else list(pairs))
 
 
 def served_info(url: str, protocol: str, model: str, timeout_s: float) -> ModelInfo:
@@ -292,12 +324,25 @@ def verify(
     check = _CHECKS[task.comparison.served]
     kept, skipped = within_limit(texts, info.max_text_bytes)
     sent = [texts[i] for i in kept]
-    answers = {protocol: served_answers(url, protocol, model, sent, timeout_s) for protocol, url in urls.items()}
-    log.info("running %s in PyTorch on %d texts", checkpoint, len(sent))
-    expected = check.reference(checkpoint, sent, info, task) if sent else []
-    checks = []
-    for protocol, results in answers.items():
-        for index, text, served, reference in zip(kept, sent, results, expected):
-            passed, detail = check.compare(served, reference, info, tolerance)
-            checks.append(TextCheck(protocol, index, text, passed, detail))
+    checks: list[TextCheck] = []
+    for firsts, pairs in checked_inputs(sent, task, info):
+        answers = {protocol: served_answers(url, protocol, model, firsts, timeout_s, pairs)
+                   for protocol, url in urls.items()}
+        log.info("running %s in PyTorch on %d %s", checkpoint, len(firsts), "texts" if pairs is None else "pairs")
+        expected = check.reference(checkpoint, firsts, info, task, pairs) if firsts else []
+        shown = firsts if pairs is None else [f"{a} | {b}" for a, b in zip(firsts, pairs)]
+        for protocol, results in answers.items():
+            for index, text, served, reference in zip(kept, shown, results, expected):
+                passed, detail = check.compare(served, reference, info, tolerance)
+                checks.append(TextCheck(protocol, index, text, passed, detail))
     return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
+
+
+def checked_inputs(texts: list[str], task: tasks.Task, info: ModelInfo) -> list[tuple[list[str], list[str] | None]]:
+    """What verify sends: the texts alone (not to a reranker, which scores pairs), and, where the
+    model takes pairs, each text with the text at the mirrored position."""
+    runs: list[tuple[list[str], list[str] | None]] = [] if task.single_label else [(list(texts), None)]
+    if info.text_pair and texts:
+        pairs = text_pairs(tuple(texts))
+        runs.append(([a for a, _ in pairs], [b for _, b in pairs]))
+    return runs

@@ -80,6 +80,7 @@ def postprocess_settings(checkpoint: Checkpoint, entities: EntitySettings | None
         "normalize": checkpoint.pooling.normalize,
         "labels": list(checkpoint.labels),
         "multi_label": checkpoint.multi_label,
+        "activation": checkpoint.activation,
     }
     if entities is not None:
         settings.update(asdict(entities), labels=list(entities.labels), ignore_labels=list(entities.ignore_labels))
@@ -99,6 +100,8 @@ def step_models(
     width = checkpoint.hidden_size if task.name == "embeddings" else len(checkpoint.labels)
     token_tensors = tuple(int64(n) for n in checkpoint.input_names)
     text = Tensor(contract.INPUT_TEXT, "TYPE_STRING", (1,))
+    # Pair-capable tasks take an optional second text per row, tokenized with it (tokenizer(text, text_pair)).
+    texts = (text, Tensor(contract.INPUT_TEXT_PAIR, "TYPE_STRING", (1,), optional=True)) if task.text_pairs else (text,)
     alignment = (
         (Tensor(contract.TENSOR_OFFSETS, "TYPE_INT64", (-1, 2)), int64(contract.TENSOR_SPECIAL_TOKENS))
         if task.token_alignment
@@ -120,7 +123,7 @@ def step_models(
 
     tokenizer = PythonModel(
         name=tokenizer_name,
-        inputs=(text,),
+        inputs=texts,
         outputs=(*token_tensors, *alignment, truncated),
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
@@ -171,6 +174,8 @@ def contract_parameters(checkpoint: Checkpoint, settings: TokenizerSettings) -> 
         contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
         contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
         contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
+        contract.PARAM_TEXT_PAIR: json.dumps(checkpoint.task.text_pairs),
+        **({contract.PARAM_ACTIVATION: checkpoint.activation} if checkpoint.activation else {}),
     }
 
 
@@ -186,6 +191,7 @@ def fused_model(
         normalize=checkpoint.pooling.normalize,
         labels=tuple(checkpoint.labels),
         multi_label=checkpoint.multi_label,
+        activation=checkpoint.activation,
     )
     return PythonModel(
         name=name,
@@ -204,7 +210,7 @@ def fused_model(
             "max_batch_tokens": str(serving.max_batch_tokens),
         },
         version_policy=serving.version_policy,
-        warmup=bucket_warmup(tokenizer.inputs, settings.buckets) if serving.warmup else (),
+        warmup=bucket_warmup(tokenizer.inputs[:1], settings.buckets) if serving.warmup else (),  # TEXT alone
     )
 
 
