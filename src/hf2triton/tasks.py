@@ -128,6 +128,9 @@ class Task:
     # Takes an optional second text per row (TEXT_PAIR), tokenized with the checkpoint's pair template.
     text_pairs: bool = False
     single_label: bool = False  # one output label (a cross-encoder's relevance logit), not classes
+    # An empty TEXT_PAIR means "no pair": transformers' tokenizer(text, text_pair="") (and so the
+    # text-classification pipeline) encodes the text alone; CrossEncoder scores an empty document.
+    empty_pair_alone: bool = False
 
     @property
     def served_outputs(self) -> tuple[str, ...]:
@@ -169,6 +172,7 @@ SEQUENCE_CLASSIFICATION = Task(
     pooled=False,
     labelled=True,
     text_pairs=True,
+    empty_pair_alone=True,
 )
 
 # A cross-encoder (sentence-transformers CrossEncoder): one logit per (query, document) pair, turned
@@ -186,7 +190,7 @@ RERANK = Task(
     answer=ANSWER_SCORE,
     comparison=Comparison(METRIC_SCORES, per_token=False, parity_threshold=1.0, served=ANSWER_SCORE),
     pooled=False,
-    labelled=False,
+    labelled=True,  # id2label has the one label (LABEL_0): the logit width the steps check
     text_pairs=True,
     single_label=True,
 )

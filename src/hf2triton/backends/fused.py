@@ -133,6 +133,7 @@ class TritonPythonModel:
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
         self.pair_input = next((t["name"] for t in config["input"] if t["name"] == tokenizer.PAIR_INPUT), None)
+        self.empty_pair_alone = params.get("empty_pair_alone", "false") == "true"
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -142,7 +143,7 @@ class TritonPythonModel:
             try:
                 texts = tokenizer.decode_texts(raw, self.token_settings.max_text_bytes)
                 pairs_per_request.append(tokenizer.request_pairs(request, self.pair_input, len(texts),
-                                                                 self.token_settings))
+                                                                 self.token_settings, self.empty_pair_alone))
                 texts_per_request.append(texts)
                 valid.append(i)
             except tokenizer.TextInputError as exc:

@@ -145,6 +145,11 @@ def decode_texts(raw: np.ndarray, max_text_bytes: int, name: str = "TEXT") -> li
 PAIR_INPUT = "TEXT_PAIR"  # = hf2triton.contract.INPUT_TEXT_PAIR
 
 
+def alone_when_empty(pairs: list[str]) -> list:
+    """Empty second texts as None (the text alone), as transformers' ``tokenizer(text, text_pair="")``."""
+    return [pair if pair else None for pair in pairs]
+
+
 def decode_pairs(raw: np.ndarray, rows: int, max_text_bytes: int) -> list[str]:
     """The ``TEXT_PAIR`` tensor as strings: one per ``TEXT`` row, under the same limits."""
     pairs = decode_texts(raw, max_text_bytes, name=PAIR_INPUT)
@@ -348,6 +353,7 @@ class TritonPythonModel:
         self.truncated_output = params["truncated_output"]
         # Sequence classifiers and rerankers declare the optional TEXT_PAIR input.
         self.pair_input = next((t["name"] for t in config["input"] if t["name"] == PAIR_INPUT), None)
+        self.empty_pair_alone = params.get("empty_pair_alone", "false") == "true"
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -356,7 +362,8 @@ class TritonPythonModel:
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
                 texts = decode_texts(raw, self.settings.max_text_bytes)
-                pairs_per_request.append(request_pairs(request, self.pair_input, len(texts), self.settings))
+                pairs_per_request.append(request_pairs(request, self.pair_input, len(texts), self.settings,
+                                                       self.empty_pair_alone))
                 texts_per_request.append(texts)
                 valid.append(i)
             except TextInputError as exc:
@@ -385,11 +392,16 @@ class TritonPythonModel:
         return batches
 
 
-def request_pairs(request, pair_input: str | None, rows: int, settings: TokenizerSettings) -> list[str] | None:
+def request_pairs(request, pair_input: str | None, rows: int, settings: TokenizerSettings,
+                  empty_alone: bool = False) -> list | None:
     """A request's ``TEXT_PAIR`` strings, or None when it sent none (or the model takes none:
-    Triton itself refuses an input the model's config does not declare)."""
+    Triton itself refuses an input the model's config does not declare). With ``empty_alone``
+    an empty string is None: that row's text is encoded alone."""
     tensor = pb_utils.get_input_tensor_by_name(request, pair_input) if pair_input else None
-    return None if tensor is None else decode_pairs(tensor.as_numpy(), rows, settings.max_text_bytes)
+    if tensor is None:
+        return None
+    pairs = decode_pairs(tensor.as_numpy(), rows, settings.max_text_bytes)
+    return alone_when_empty(pairs) if empty_alone else pairs
 
 
 def _error_response(message: str, internal: bool = False):

@@ -179,6 +179,17 @@ def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelI
 
     tokenizer = _tokenizer(checkpoint, info.max_sequence_length)
     model = _load(task.auto_model, checkpoint)
+    if pairs is not None and task.empty_pair_alone and not all(pairs):
+        # The pipeline encodes a text with an empty text_pair alone (tokenizer(text, text_pair="")).
+        alone = [i for i, pair in enumerate(pairs) if not pair]
+        both = [i for i, pair in enumerate(pairs) if pair]
+        result = np.zeros((len(texts), len(info.labels) or 1))
+        if alone:
+            result[alone] = reference_probabilities(checkpoint, [texts[i] for i in alone], info, task)
+        if both:
+            result[both] = reference_probabilities(checkpoint, [texts[i] for i in both], info, task,
+                                                   [pairs[i] for i in both])
+        return result
     parts = []
     second = _batches(pairs) if pairs is not None else [None] * len(_batches(texts))
     for batch, batch_pairs in zip(_batches(texts), second):

@@ -21,7 +21,7 @@ import torch
 
 from hf2triton.answers import comparable
 from hf2triton.backends.onnx_model import create_session
-from hf2triton.backends.tokenizer import TokenizerSettings, encode_pair_requests, encode_requests
+from hf2triton.backends.tokenizer import TokenizerSettings, alone_when_empty, encode_pair_requests, encode_requests
 from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError, ParityError
 
@@ -135,6 +135,8 @@ def check_parity(
     pairs = text_pairs(texts) if task.text_pairs else ()
     if pairs:  # the pair template and token types are served too: check them
         firsts, seconds = pair_batches(pairs, batch_size)
+        if task.empty_pair_alone:
+            seconds = [alone_when_empty(group) for group in seconds]
         token_batches += encode_pair_requests(tokenizer, firsts, seconds, settings)
     comparison = task.comparison
     max_diff, scores, truncated = 0.0, [], 0

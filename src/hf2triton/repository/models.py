@@ -87,6 +87,11 @@ def postprocess_settings(checkpoint: Checkpoint, entities: EntitySettings | None
     return settings
 
 
+def pair_parameters(task) -> dict[str, str]:
+    """How a pair-taking tokenizer reads an empty ``TEXT_PAIR`` (see ``Task.empty_pair_alone``)."""
+    return {"empty_pair_alone": json.dumps(task.empty_pair_alone)} if task.text_pairs else {}
+
+
 def step_models(
     name: str,
     checkpoint: Checkpoint,
@@ -128,7 +133,7 @@ def step_models(
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
         parameters={"settings": replace(settings, ragged=ragged).to_json(),
-                    "truncated_output": contract.OUTPUT_TRUNCATED},
+                    "truncated_output": contract.OUTPUT_TRUNCATED, **pair_parameters(task)},
         version_policy=policy,
         warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
@@ -208,6 +213,7 @@ def fused_model(
             "onnx_file": "model.onnx",
             "intra_op_threads": str(serving.intra_op_threads),
             "max_batch_tokens": str(serving.max_batch_tokens),
+            **pair_parameters(checkpoint.task),
         },
         version_policy=serving.version_policy,
         warmup=bucket_warmup(tokenizer.inputs[:1], settings.buckets) if serving.warmup else (),  # TEXT alone
