@@ -150,7 +150,7 @@ def test_decode_rejects_label_count_mismatch_and_missing_outputs():
 
 def test_decode_unknown_task_names_supported_tasks():
     info = ModelInfo("ner", "some-future-task", (), False, 4, 0, 0)
-    with pytest.raises(ClientError, match="'some-future-task'.*embeddings, sequence-classification"):
+    with pytest.raises(ClientError, match="'some-future-task'.*embeddings, rerank, sequence-classification"):
         decode_outputs(info, {})
 
 
