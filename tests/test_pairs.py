@@ -85,6 +85,38 @@ def test_a_text_pair_must_match_text_row_for_row():
         steps.decode_pairs(np.array([[b"a"], [b"bbbbb"]], dtype=object), 2, 4)
 
 
+def test_client_ranks_scores_and_reads_what_the_model_publishes():
+    from hf2triton.client import RerankResult, Score, decode_outputs, model_info_from_config
+    from hf2triton.client.inputs import encode_pairs
+    from hf2triton.client.results import ranked
+    from hf2triton.errors import ClientError
+
+    config = {"max_batch_size": 4, "parameters": {"hf2triton.task": {"string_value": "rerank"},
+                                                   "hf2triton.text_pair": {"string_value": "true"},
+                                                   "hf2triton.activation": {"string_value": "sigmoid"}}}
+    info = model_info_from_config("reranker", config)
+    assert (info.task, info.text_pair, info.activation) == ("rerank", True, "sigmoid")
+    outputs = {"SCORES": np.array([[0.2], [0.9], [0.2]], dtype=np.float32), "TRUNCATED": np.array([[False]] * 3)}
+    scores = decode_outputs(info, outputs)
+    assert scores == [Score(pytest.approx(0.2), False), Score(pytest.approx(0.9), False), Score(pytest.approx(0.2), False)]
+    documents = ["a", "b", "c"]
+    assert [r.index for r in ranked(scores, documents, None, False)] == [1, 0, 2]  # ties keep the order sent
+    assert ranked(scores, documents, 1, True) == [RerankResult(1, pytest.approx(0.9), "b", False)]
+    with pytest.raises(ClientError, match=r"expected \[n, 1\]"):
+        decode_outputs(info, {**outputs, "SCORES": np.zeros((3, 2), dtype=np.float32)})
+    from hf2triton.errors import OptionsError
+
+    with Client("127.0.0.1:1", info=info) as client:  # refused before any request: nothing listens there
+        with pytest.raises(OptionsError, match="top_n must be a positive integer"):
+            client.rerank("q", ["a"], top_n=0)
+        with pytest.raises(InvalidInputError, match="query is bytes"):
+            client.rerank(b"q", ["a"])
+        assert client.rerank("q", []) == []
+    assert encode_pairs(["x", "y"], 2).shape == (2, 1)
+    with pytest.raises(InvalidInputError, match=r"text_pair\[1\] is int, expected str"):
+        encode_pairs(["x", 3], 2)
+
+
 # ----------------------------------------------------------------- served (one real tritonserver)
 
 PAIRS, PAIRS_FUSED, RERANKER, RERANKER_FUSED, EMBEDDER = "pairs", "pairs_fused", "reranker", "reranker_fused", "embedder"
