@@ -62,6 +62,11 @@ VARIANTS = {
     "ensemble_delay1ms": ServingOptions(model_queue_delay_us=1000),
     "fused": ServingOptions(layout="fused"),
     "fused_1x2": ServingOptions(layout="fused", model_instances=1),
+    # Length-aware batching: 0 = the bucketed path (each request padded to a length bucket,
+    # requests merged only within a bucket), and a smaller token budget than the default.
+    "ensemble_buckets": ServingOptions(max_batch_tokens=0),
+    "ensemble_tokens2048": ServingOptions(max_batch_tokens=2048),
+    "fused_buckets": ServingOptions(layout="fused", max_batch_tokens=0),
 }
 DEFAULT_VARIANTS = ("ensemble", "fused")  # each layout
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import DEFAULT, TOPICS, TOPICS_FUSED
 from hf2triton.backends import fused, onnx_model, postprocess, tokenizer
 from hf2triton.client import Client
-from hf2triton.errors import RepositoryError
+from hf2triton.errors import OptionsError
 from hf2triton.export.parity import PARITY_TEXTS
 from hf2triton.perf.corpus import load_texts
 from hf2triton.perf.sweep import SweepSettings, run_sweep
@@ -118,9 +118,9 @@ def test_switching_layout_replaces_the_other_layouts_folders(repository, tmp_pat
 
 
 def test_unknown_layout_is_refused():
-    with pytest.raises(RepositoryError, match="layout"):
+    with pytest.raises(OptionsError, match="layout"):
         ServingOptions(layout="pipeline")
-    with pytest.raises(RepositoryError, match="preferred"):
+    with pytest.raises(OptionsError, match="preferred"):
         ServingOptions(max_batch_size=8, preferred_batch_sizes=(16,))
 
 

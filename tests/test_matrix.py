@@ -90,7 +90,8 @@ def test_matrix_cell_is_exported_served_and_verified(matrix_server, tiny_checkpo
         report = verify(name, result.checkpoint.path, {"grpc": server.grpc_url, "http": server.http_url},
                         texts=MATRIX_TEXTS)
         with Client(server.grpc_url, model=name) as served:
-            answers = served.infer(list(MATRIX_TEXTS), list(MATRIX_TEXTS[::-1]) if task == "rerank" else None)
+            pairs = list(MATRIX_TEXTS[::-1]) if task == "rerank" else None
+            answers = served.infer(list(MATRIX_TEXTS), text_pair=pairs)
     finally:
         client.unload_model(name, unload_dependents=True)
     assert report.passed, "\n".join(report.table())

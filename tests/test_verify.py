@@ -25,8 +25,10 @@ def test_verify_passes_for_the_default_model_with_the_checkpoint_from_the_manife
     result = run_verify(server, "--model", DEFAULT, "--model-repository", str(root))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1 + 2 * len(VERIFY_TEXTS) + 1  # header, one line per text and protocol, summary
-    assert lines[-1].startswith(f"verify passed: {2 * len(VERIFY_TEXTS)}/{2 * len(VERIFY_TEXTS)} answers")
+    # header, one line per text and protocol (twice: as is, and with half the dimensions), summary
+    assert len(lines) == 1 + 4 * len(VERIFY_TEXTS) + 1
+    assert lines[-1].startswith(f"verify passed: {4 * len(VERIFY_TEXTS)}/{4 * len(VERIFY_TEXTS)} answers")
+    assert sum("dimensions=192: cosine" in line for line in lines) == 2 * len(VERIFY_TEXTS)
     assert all(" ok " in line and ("cosine 0.9999" in line or "cosine 1.0000" in line) for line in lines[1:-1])
 
 

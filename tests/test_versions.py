@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import checkpoints
-from hf2triton.errors import RepositoryError
+from hf2triton.errors import OptionsError, RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.repository import ServingOptions
 from hf2triton.serving import LocalTritonServer, ServerConfig, repository_index, watch_and_restart
@@ -92,7 +92,7 @@ def test_version_policy_round_trips(text):
 
 @pytest.mark.parametrize("text", ["latest:0", "newest", "specific:", "specific:a"])
 def test_bad_version_policy_is_refused(text):
-    with pytest.raises(RepositoryError, match="version policy"):
+    with pytest.raises(OptionsError, match="version policy"):
         VersionPolicy.parse(text)
 
 

@@ -23,6 +23,14 @@ OUTPUT_ENTITIES = "ENTITIES"  # BYTES [1] per text: a JSON list of entities
 TENSOR_OFFSETS = "offset_mapping"  # INT64 [seq, 2]: character (code point) start, end per token
 TENSOR_SPECIAL_TOKENS = "special_tokens_mask"  # INT64 [seq]: 1 for special and padding tokens
 
+# Windowed exports (--stride, --long-text chunk): the tokenizer sends one row per window, and per row
+TENSOR_WINDOW_TEXT = "window_text"  # INT64 [1]: the index of the row's text in the request
+TENSOR_WINDOW_SOURCE = "window_source"  # BYTES [1]: the text on its first window's row, empty on the others
+
+# Request-level options: KServe v2 request parameters of an embeddings request ("parameters" in the JSON body).
+REQUEST_PROMPT_NAME = "prompt_name"  # string: one of the checkpoint's sentence-transformers prompts
+REQUEST_DIMENSIONS = "dimensions"  # int: keep the first N components (Matryoshka), re-normalised
+
 # Ensemble model-config parameters (string values; JSON where structured).
 PARAM_TASK = "hf2triton.task"
 PARAM_LABELS = "hf2triton.labels"  # JSON list of label names, index = class id
@@ -33,6 +41,10 @@ PARAM_MAX_SEQUENCE_LENGTH = "hf2triton.max_sequence_length"
 PARAM_VERSION = "hf2triton.version"
 PARAM_TEXT_PAIR = "hf2triton.text_pair"  # "true" when the model takes TEXT_PAIR
 PARAM_ACTIVATION = "hf2triton.activation"  # rerank: what turns the logit into SCORES (sigmoid/identity/tanh)
+PARAM_PROMPTS = "hf2triton.prompts"  # JSON object: prompt name -> prompt text
+PARAM_DEFAULT_PROMPT = "hf2triton.default_prompt_name"  # "" = none
+PARAM_STRIDE = "hf2triton.stride"  # tokens shared by consecutive windows ("0" when not windowed)
+PARAM_MAX_WINDOWS = "hf2triton.max_windows"  # "0": long texts are truncated (and reported)
 
 
 def step_names(name: str) -> tuple[str, str, str]:

@@ -17,14 +17,21 @@ from pathlib import Path
 
 from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
 from hf2triton.backends.tokenizer import TokenizerSettings
-from hf2triton.contract import DEFAULT_MODEL_NAME
+from hf2triton.contract import DEFAULT_MODEL_NAME, DEFAULT_REPOSITORY
 from hf2triton.export.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import OptionsError
 from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
 from hf2triton.export.peft import is_adapter, merge_adapter
 from hf2triton.export.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, write_repository
-from hf2triton.export.tokenization import entity_settings, served_tokenizer, tokenizer_settings, write_tokenizer_json
+from hf2triton.export.tokenization import (
+    DEFAULT_MAX_WINDOWS,
+    entity_settings,
+    served_tokenizer,
+    text_options,
+    tokenizer_settings,
+    write_tokenizer_json,
+)
 from hf2triton.precision.variants import GridCell, Variant, VariantOptions, benchmark_grid, build_variants, select_variant
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,7 @@ DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class ExportOptions:
     checkpoint: Path | None = None  # None: the embedded default model
-    output_dir: Path = Path("model_repository")
+    output_dir: Path = Path(DEFAULT_REPOSITORY)
     name: str | None = None  # default: from the checkpoint folder's name
     task: str | None = None  # default: detected from config.json
     max_length: int | None = None  # default: the model's own limit
@@ -50,6 +57,10 @@ class ExportOptions:
     serving: ServingOptions = field(default_factory=ServingOptions)
     variants: VariantOptions = field(default_factory=VariantOptions)
     engines: bool = False  # build TensorRT plans from the fp16 / int8 QDQ files (GPU + TensorRT)
+    # Long texts: token classification in windows sharing ``stride`` tokens; embeddings "truncate" or "chunk"
+    stride: int | None = None
+    long_text: str = "truncate"
+    max_windows: int = DEFAULT_MAX_WINDOWS  # windows per text at most (the rest is cut, reported)
 
     def __post_init__(self):
         if self.name is not None and not NAME_PATTERN.match(self.name):
@@ -127,6 +138,7 @@ def build_manifest(name: str, checkpoint: Checkpoint, options: ExportOptions, se
         "multi_label": checkpoint.multi_label,
         "pooling": asdict(checkpoint.pooling),
         "aggregation": options.aggregation if checkpoint.task.token_alignment else None,
+        "long_text": {"stride": options.stride, "mode": options.long_text, "max_windows": options.max_windows},
         "opset": options.opset,
         "serving": {**asdict(options.serving), "version_policy": str(options.serving.version_policy)},
         "versions": versions(),
@@ -153,6 +165,10 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
         settings = tokenizer_settings(tokenizer_json, checkpoint, options.max_text_bytes)
         entities = entity_settings(tokenizer_json, checkpoint, options.aggregation)
+        text = text_options(tokenizer_json, checkpoint, stride=options.stride, long_text=options.long_text,
+                            max_windows=options.max_windows, aggregation=options.aggregation)
+        if text.windowed and options.serving.layout == "fused":
+            raise OptionsError("long-text windows (--stride, --long-text chunk) need the ensemble layout")
         tokenizer = served_tokenizer(tokenizer_json, settings)
         model = load_torch_model(checkpoint)
         seconds["load"] = time.perf_counter() - start
@@ -191,6 +207,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             variants=extra,
             plans=plans,
             entities=entities,
+            text=text,
         ))
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start

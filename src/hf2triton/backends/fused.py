@@ -134,25 +134,33 @@ class TritonPythonModel:
         self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
         self.pair_input = next((t["name"] for t in config["input"] if t["name"] == tokenizer.PAIR_INPUT), None)
         self.empty_pair_alone = params.get("empty_pair_alone", "false") == "true"
+        self.text_options = tokenizer.TextOptions.from_json(params.get("text_options", "{}"))
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        texts_per_request, pairs_per_request, valid = [], [], []
+        texts_per_request, pairs_per_request, valid, dimensions = [], [], [], []
         for i, request in enumerate(requests):
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
                 texts = tokenizer.decode_texts(raw, self.token_settings.max_text_bytes)
-                pairs_per_request.append(tokenizer.request_pairs(request, self.pair_input, len(texts),
-                                                                 self.token_settings, self.empty_pair_alone))
-                texts_per_request.append(texts)
+                parameters = tokenizer.request_parameters(request.parameters())
+                prompt = tokenizer.resolve_prompt(parameters, self.text_options)  # also checks dimensions
+                pairs = tokenizer.request_pairs(request, self.pair_input, len(texts), self.token_settings,
+                                                self.empty_pair_alone)
+                texts_per_request.append([prompt + text for text in texts] if prompt else texts)
+                pairs_per_request.append(pairs)
+                dimensions.append(parameters.get(tokenizer.PARAM_DIMENSIONS))
                 valid.append(i)
             except tokenizer.TextInputError as exc:
                 responses[i] = _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
-        for i, outputs in zip(valid, self._run(texts_per_request, pairs_per_request)):
+        for i, outputs, size in zip(valid, self._run(texts_per_request, pairs_per_request), dimensions):
             if isinstance(outputs, Exception):
                 responses[i] = _error_response(f"fused model failed on this request: {outputs}",
                                                pb_utils.TritonError.INTERNAL)
                 continue
+            if EMBEDDING_OUTPUT in outputs:
+                outputs[EMBEDDING_OUTPUT] = postprocess.truncate_dimensions(
+                    outputs[EMBEDDING_OUTPUT], size, self.answer_settings.normalize)
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name])) for name in self.output_names]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses

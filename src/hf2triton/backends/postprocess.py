@@ -36,7 +36,7 @@ AGGREGATIONS = ("none", "simple", "first", "average", "max")
 INPUT_KINDS = {
     "last_hidden_state": (np.float32, 3), "logits": (np.float32, None), "attention_mask": (np.int64, 2),
     "input_ids": (np.int64, 2), OFFSETS_INPUT: (np.int64, 3), SPECIAL_TOKENS_INPUT: (np.int64, 2),
-    TEXT_INPUT: (np.object_, 2),
+    TEXT_INPUT: (np.object_, 2), "window_text": (np.int64, 2),
 }
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def check_inputs(feed: dict[str, np.ndarray], task: str, width: int) -> None:
     rows = {name: array.shape[0] for name, array in feed.items()}
     if len(set(rows.values())) > 1:
         raise RequestError(f"inputs must have one batch size, got {rows}")
-    lengths = {name: array.shape[1] for name, array in feed.items() if array.ndim >= 2 and name != TEXT_INPUT
+    lengths = {name: array.shape[1] for name, array in feed.items() if array.ndim >= 2
+               and name not in (TEXT_INPUT, "window_text")  # one per row, no sequence axis
                and not (name == "logits" and logits_rank == 2)}
     if len(set(lengths.values())) > 1:
         raise RequestError(f"inputs must have one sequence length, got {lengths}")
@@ -321,6 +322,96 @@ def find_entities(
     ]
 
 
+# ----------------------------------------------------------------- long texts (windows) and dimensions
+#
+# A windowed export's tokenizer step sends one row per window, ``window_text`` (the row's
+# text index in the request) and the text itself on the text's first row (as TEXT).
+
+WINDOW_TEXT, PARAM_DIMENSIONS = "window_text", "dimensions"  # = the tokenizer step's names
+
+
+def check_owners(owner: np.ndarray) -> int:
+    """Rows must belong to texts 0, 1, ... in order, each text's rows together; returns the text count."""
+    owner = owner.reshape(-1)
+    if not owner.size or owner[0] != 0 or not np.isin(np.diff(owner), (0, 1)).all():
+        raise RequestError(f"{WINDOW_TEXT} must number texts 0, 1, ... in row order, got {owner.tolist()[:20]}")
+    return int(owner[-1]) + 1
+
+
+def merge_windows(pooled: np.ndarray, counts: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Per text, the token-count-weighted mean of its windows' pooled vectors: sum(n_i v_i) / sum(n_i)."""
+    owner = owner.reshape(-1)
+    texts = check_owners(owner)
+    weights = counts.astype(np.float64)
+    sums = np.zeros((texts, pooled.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, pooled.astype(np.float64) * weights[:, None])
+    totals = np.bincount(owner, weights=weights, minlength=texts)
+    return (sums / np.clip(totals, 1e-9, None)[:, None]).astype(np.float32)
+
+
+def embed_windows(hidden: np.ndarray, mask: np.ndarray, owner: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    """One vector per text from its windows: each window pooled as usual (not normalised), merged
+    by :func:`merge_windows` (weights = the window's attended tokens, specials included), then the
+    model's normalisation."""
+    merged = merge_windows(pool(hidden, mask, mode), mask.sum(axis=1), owner)
+    return (l2_normalize(merged) if normalize else merged).astype(np.float32)
+
+
+def truncate_dimensions(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Matryoshka: the first ``dimensions`` components, re-normalised when the model normalises."""
+    if dimensions is None or dimensions >= vectors.shape[1]:
+        return vectors
+    kept = vectors[:, :dimensions]
+    return np.ascontiguousarray(l2_normalize(kept) if normalize else kept, dtype=np.float32)
+
+
+def requested_dimensions(parameters: dict, width: int) -> int | None:
+    """The request's ``dimensions`` parameter, checked against 1..``width`` (None: all)."""
+    value = parameters.get(PARAM_DIMENSIONS)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= width:
+        raise RequestError(f"dimensions must be an integer in 1..{width} (the embedding size), got {value!r}")
+    return value
+
+
+def aggregate_overlapping_entities(entities: list[dict]) -> list[dict]:
+    """transformers' ``TokenClassificationPipeline.aggregate_overlapping_entities``: of entities that
+    overlap (found in two windows), keep the longer one, the higher score on equal lengths."""
+    if not entities:
+        return entities
+    entities = sorted(entities, key=lambda x: x["start"])
+    kept, previous = [], entities[0]
+    for entity in entities:
+        if previous["start"] <= entity["start"] < previous["end"]:
+            length, previous_length = entity["end"] - entity["start"], previous["end"] - previous["start"]
+            if length > previous_length or (length == previous_length and entity["score"] > previous["score"]):
+                previous = entity
+        else:
+            kept.append(previous)
+            previous = entity
+    kept.append(previous)
+    return kept
+
+
+def find_entities_windowed(
+    sources: list[str], owner: np.ndarray, ids: np.ndarray, offsets: np.ndarray, special: np.ndarray,
+    logits: np.ndarray, tokenizer: Tokenizer, settings: EntitySettings,
+) -> list[list[dict]]:
+    """Entities per text from its windows, as the pipeline with ``stride`` finds them: each window's
+    entities (offsets index the whole text), concatenated, then overlaps resolved."""
+    owner = owner.reshape(-1)
+    texts = [sources[row] for row in np.flatnonzero(np.diff(owner, prepend=-1) != 0)]
+    probs = softmax(logits.astype(np.float32))
+    found: list[list[dict]] = [[] for _ in texts]
+    for row, text_index in enumerate(owner):
+        text = texts[text_index]
+        tokens = word_tokens(text, ids[row], offsets[row], special[row], probs[row], tokenizer, settings)
+        found[text_index].extend(token_entities(tokens, tokenizer, settings))
+    windows = np.bincount(owner, minlength=len(texts))
+    return [aggregate_overlapping_entities(e) if windows[t] > 1 else e for t, e in enumerate(found)]
+
+
 def entities_tensor(entities: list[list[dict]]) -> np.ndarray:
     """One UTF-8 JSON list per text: BYTES [n, 1]."""
     return np.array([[json.dumps(e, ensure_ascii=False).encode()] for e in entities], dtype=object)
@@ -362,12 +453,26 @@ class TritonPythonModel:
         try:
             feed = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names}
             check_inputs(feed, self.task, self.width)
+            if self.task == "embeddings":
+                parameters = json.loads(request.parameters() or "{}")
+                return pb_utils.InferenceResponse(output_tensors=self._embeddings(feed, parameters))
             return pb_utils.InferenceResponse(output_tensors=self._answer(feed))
         except RequestError as exc:
             return _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
         except Exception as exc:  # noqa: BLE001 - an unexpected failure is this request's alone
             logger.exception("postprocess failed on one request")
             return _error_response(f"postprocess step failed on this request: {exc}", pb_utils.TritonError.INTERNAL)
+
+    def _embeddings(self, feed: dict[str, np.ndarray], parameters: dict) -> list:
+        """Pooled vectors (merged per text when windowed), cut to the request's ``dimensions``."""
+        dimensions = requested_dimensions(parameters, self.width)
+        mode, normalize = self.settings["pooling"], self.settings["normalize"]
+        hidden, mask = feed["last_hidden_state"], feed["attention_mask"]
+        if WINDOW_TEXT in feed:
+            vectors = embed_windows(hidden, mask, feed[WINDOW_TEXT], mode, normalize)
+        else:
+            vectors = embed(hidden, mask, mode, normalize)
+        return [pb_utils.Tensor(self.output_names[0], truncate_dimensions(vectors, dimensions, normalize))]
 
     def _answer(self, feed: dict[str, np.ndarray]) -> list:
         if self.task == "embeddings":
@@ -380,6 +485,8 @@ class TritonPythonModel:
             return [pb_utils.Tensor(self.output_names[0], vectors)]
         if self.task == "token-classification":
             texts = as_texts(feed[TEXT_INPUT])
+            if WINDOW_TEXT in feed:
+                return [pb_utils.Tensor(self.output_names[0], entities_tensor(self._windowed_entities(texts, feed)))]
             check_offsets(texts, feed[OFFSETS_INPUT], feed[SPECIAL_TOKENS_INPUT])
             entities = find_entities(
                 texts, feed["input_ids"], feed[OFFSETS_INPUT],
@@ -391,6 +498,15 @@ class TritonPythonModel:
         probs, top = classify(feed["logits"], self.settings["labels"], self.settings["multi_label"])
         by_name = {LABEL_OUTPUT: top.reshape(-1, 1), SCORES_OUTPUT: probs}
         return [pb_utils.Tensor(name, by_name[name]) for name in self.output_names]
+
+    def _windowed_entities(self, sources: list[str], feed: dict[str, np.ndarray]) -> list[list[dict]]:
+        owner = feed[WINDOW_TEXT].reshape(-1)
+        check_owners(owner)
+        first = np.flatnonzero(np.diff(owner, prepend=-1) != 0)
+        check_offsets([sources[first[t]] for t in owner], feed[OFFSETS_INPUT], feed[SPECIAL_TOKENS_INPUT])
+        return find_entities_windowed(sources, owner, feed["input_ids"], feed[OFFSETS_INPUT],
+                                      feed[SPECIAL_TOKENS_INPUT], feed["logits"], self.tokenizer,
+                                      self.entity_settings)
 
 
 def _error_response(message: str, code):

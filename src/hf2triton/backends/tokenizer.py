@@ -340,6 +340,125 @@ def encode_requests(
     return batches
 
 
+# ----------------------------------------------------------------- long texts and prompts
+#
+# Windowed exports (``--stride`` for token classification, ``--long-text chunk`` for
+# embeddings) answer texts longer than the max length in overlapping windows. The
+# tokenizer step emits one row per window (not per text) plus, per row, the index of
+# its text in the request (``window_text``) and that text on the text's first row
+# (``window_source``; empty on the others); the model step runs rows as usual and the
+# postprocess step merges each text's rows. ``TRUNCATED`` stays one flag per text: set
+# when a text needed more than ``max_windows`` windows (the rest is not read).
+
+WINDOW_TEXT, WINDOW_SOURCE = "window_text", "window_source"  # = hf2triton.contract's names
+PARAM_PROMPT_NAME, PARAM_DIMENSIONS = "prompt_name", "dimensions"  # KServe v2 request parameters
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Long-text windows and sentence-transformers prompts; written by the repository writer."""
+
+    stride: int = 0  # tokens shared by consecutive windows (windowed exports only)
+    max_windows: int = 0  # > 0: windowed; at most this many windows per text
+    prompts: tuple[tuple[str, str], ...] = ()  # (name, text) as config_sentence_transformers.json names them
+    default_prompt_name: str = ""  # the prompt a request gets when it names none ("" = none)
+    embedding_size: int = 0  # embeddings: the largest ``dimensions`` a request may ask for
+
+    @property
+    def windowed(self) -> bool:
+        return self.max_windows > 0
+
+    @classmethod
+    def from_json(cls, text: str) -> "TextOptions":
+        raw = json.loads(text)
+        return cls(int(raw.get("stride", 0)), int(raw.get("max_windows", 0)),
+                   tuple((str(k), str(v)) for k, v in raw.get("prompts", {}).items()),
+                   str(raw.get("default_prompt_name") or ""), int(raw.get("embedding_size", 0)))
+
+    def to_json(self) -> str:
+        return json.dumps({"stride": self.stride, "max_windows": self.max_windows, "prompts": dict(self.prompts),
+                           "default_prompt_name": self.default_prompt_name,
+                           "embedding_size": self.embedding_size})
+
+
+def request_parameters(raw: str | dict | None) -> dict:
+    """A request's KServe v2 parameters (the python backend gives them as a JSON string)."""
+    if not raw:
+        return {}
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+def resolve_prompt(parameters: dict, options: TextOptions) -> str:
+    """The prompt text to put before each text, as ``SentenceTransformer.encode(prompt_name=...)`` does.
+
+    No ``prompt_name``: the checkpoint's default prompt (or none). Also checks ``dimensions``
+    here, before any model time is spent on a request that cannot be answered.
+    """
+    prompts = dict(options.prompts)
+    if PARAM_DIMENSIONS in parameters:
+        check_dimensions(parameters[PARAM_DIMENSIONS], options.embedding_size)
+    name = parameters.get(PARAM_PROMPT_NAME)
+    if name is None:
+        return prompts.get(options.default_prompt_name, "")
+    if not isinstance(name, str) or name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none (the checkpoint names no prompts)"
+        raise TextInputError(f"unknown prompt_name {name!r}; this model's prompts: {known}")
+    return prompts[name]
+
+
+def check_dimensions(value, embedding_size: int) -> int:
+    """``dimensions`` must be an integer in 1..the embedding size (embeddings only)."""
+    if not embedding_size:
+        raise TextInputError("the dimensions parameter applies to embedding models only")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= embedding_size:
+        raise TextInputError(f"dimensions must be an integer in 1..{embedding_size} (the embedding size), "
+                             f"got {value!r}")
+    return value
+
+
+def load_window_tokenizer(path: str | Path, max_length: int, stride: int) -> Tokenizer:
+    """Like :func:`load_tokenizer`, with overflowing windows that share ``stride`` tokens, as transformers'
+    ``tokenizer(text, truncation=True, return_overflowing_tokens=True, stride=stride)`` makes them."""
+    tokenizer = load_tokenizer(path, max_length)
+    tokenizer.enable_truncation(max_length=max_length, stride=stride)
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class Windows:
+    batch: TokenBatch  # one row per window, padded like a request of that many texts
+    owner: np.ndarray  # int64 [rows]: the index of each row's text in the request
+    source: np.ndarray  # object [rows]: the text (UTF-8) on its first row, b"" on the others
+    truncated: np.ndarray  # bool [texts]: more than max_windows windows were needed
+
+
+def text_windows(encoding, max_windows: int) -> tuple[list, bool]:
+    """A text's windows in order (the first encoding, then its overflow), at most ``max_windows``."""
+    windows = [encoding, *encoding.overflowing]
+    return windows[:max_windows], len(windows) > max_windows
+
+
+def encode_windows(tokenizer: Tokenizer, texts: list[str], settings: TokenizerSettings, max_windows: int) -> Windows:
+    """Every text's windows in one Rust batch call, bounded by ``max_windows`` x max length per text.
+
+    A text is tokenized from a prefix of at most ``PREFIX_CHARS_PER_TOKEN`` characters per
+    token of ``max_windows`` windows; a text longer than that prefix is reported truncated.
+    """
+    limit = PREFIX_CHARS_PER_TOKEN * max(settings.max_length, 16) * max_windows
+    pieces = [text[:limit] for text in texts]
+    rows, owner, source, truncated = [], [], [], np.zeros(len(texts), dtype=bool)
+    for index, (text, piece, encoding) in enumerate(
+        zip(texts, pieces, tokenizer.encode_batch(pieces, add_special_tokens=True))
+    ):
+        windows, cut = text_windows(encoding, max_windows)
+        truncated[index] = cut or len(piece) < len(text)
+        rows += windows
+        owner += [index] * len(windows)
+        source += [text.encode()] + [b""] * (len(windows) - 1)
+    batch = pad_to_bucket(rows, settings)
+    return Windows(batch, np.array(owner, dtype=np.int64), np.array(source, dtype=object), truncated)
+
+
 class TritonPythonModel:
     """The tokenizer step as a Triton python-backend model."""
 
@@ -354,6 +473,12 @@ class TritonPythonModel:
         # Sequence classifiers and rerankers declare the optional TEXT_PAIR input.
         self.pair_input = next((t["name"] for t in config["input"] if t["name"] == PAIR_INPUT), None)
         self.empty_pair_alone = params.get("empty_pair_alone", "false") == "true"
+        self.text_options = TextOptions.from_json(params.get("text_options", "{}"))
+        self.emit_sources = any(tensor["name"] == WINDOW_SOURCE for tensor in config["output"])
+        if self.text_options.windowed:
+            self.window_tokenizer = load_window_tokenizer(
+                version_dir / "tokenizer.json", self.settings.max_length, self.text_options.stride
+            )
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -362,12 +487,17 @@ class TritonPythonModel:
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
                 texts = decode_texts(raw, self.settings.max_text_bytes)
-                pairs_per_request.append(request_pairs(request, self.pair_input, len(texts), self.settings,
-                                                       self.empty_pair_alone))
-                texts_per_request.append(texts)
+                prompt = resolve_prompt(request_parameters(request.parameters()), self.text_options)
+                pairs = request_pairs(request, self.pair_input, len(texts), self.settings, self.empty_pair_alone)
+                texts_per_request.append([prompt + text for text in texts] if prompt else texts)
+                pairs_per_request.append(pairs)
                 valid.append(i)
             except TextInputError as exc:
                 responses[i] = _error_response(str(exc))
+        if self.text_options.windowed:  # windowed tasks take no TEXT_PAIR (their configs declare none)
+            for i, texts in zip(valid, texts_per_request):
+                responses[i] = self._windows_response(texts)
+            return responses
         for i, batch in zip(valid, self._encode(texts_per_request, pairs_per_request)):
             if isinstance(batch, Exception):
                 responses[i] = _error_response(f"tokenizer step failed on this request: {batch}", internal=True)
@@ -376,6 +506,20 @@ class TritonPythonModel:
             tensors.append(pb_utils.Tensor(self.truncated_output, batch.truncated.reshape(-1, 1)))
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
+
+    def _windows_response(self, texts: list[str]):
+        """One request's windows (rows), each row's text index, its text on the first row, TRUNCATED per text."""
+        try:
+            windows = encode_windows(self.window_tokenizer, texts, self.settings, self.text_options.max_windows)
+        except Exception as exc:  # noqa: BLE001 - this request's alone
+            logger.exception("windowed tokenization failed on one request")
+            return _error_response(f"tokenizer step failed on this request: {exc}", internal=True)
+        tensors = [pb_utils.Tensor(name, array) for name, array in windows.batch.arrays.items()]
+        tensors.append(pb_utils.Tensor(WINDOW_TEXT, windows.owner.reshape(-1, 1)))
+        if self.emit_sources:
+            tensors.append(pb_utils.Tensor(WINDOW_SOURCE, windows.source.reshape(-1, 1)))
+        tensors.append(pb_utils.Tensor(self.truncated_output, windows.truncated.reshape(-1, 1)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _encode(self, texts_per_request: list[list[str]], pairs_per_request: list) -> list:
         """All requests in one call; if that raises, each on its own so only the culprit fails."""

@@ -15,7 +15,7 @@ EXPORT = "hf2triton.pipeline:ExportOptions"
 SERVING = "hf2triton.repository:ServingOptions"
 # ExportOptions fields the CLI passes through unchanged when the user sets them.
 EXPORT_FIELDS = ("name", "task", "max_length", "max_text_bytes", "opset", "atol", "aggregation", "overwrite",
-                 "version", "allow_parity_failure", "engines")
+                 "version", "allow_parity_failure", "engines", "stride", "long_text", "max_windows")
 # CLI option → ServingOptions field.
 SERVING_FIELDS = {"max_batch_size": "max_batch_size", "model_instances": "model_instances",
                   "intra_op_threads": "intra_op_threads", "backend": "backend",
@@ -51,6 +51,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         "TokenClassificationPipeline: %(choices)s (default: %(default)s)")
     parser.add_argument("--max-length", type=int, help="max tokens per text; longer texts are "
                         "truncated and flagged (default: the model's own limit)")
+    long_text = parser.add_argument_group("long texts (default: truncated at --max-length, reported in TRUNCATED)")
+    long_text.add_argument("--stride", type=int, default=LibraryDefault(EXPORT, "stride"), metavar="N",
+                           help="token classification: serve long texts in windows sharing N tokens, entities "
+                           "merged as transformers' pipeline(stride=N); embeddings with --long-text chunk: the "
+                           "windows' overlap (default there: 32, at most a quarter of a window)")
+    long_text.add_argument("--long-text", choices=("truncate", "chunk"), default=LibraryDefault(EXPORT, "long_text"),
+                           help="embeddings: truncate (default) or chunk: embed windows of the max length and "
+                           "pool them into one vector (token-count-weighted mean, then the model's normalisation)")
+    long_text.add_argument("--max-windows", type=int, default=LibraryDefault(EXPORT, "max_windows"),
+                           help="windows per text at most; the rest of a longer text is cut and reported in "
+                           "TRUNCATED (default: %(default)s)")
     parser.add_argument("--max-batch-size", type=int, default=LibraryDefault(SERVING, "max_batch_size"),
                         help="max texts per request and per model batch (default: %(default)s)")
     parser.add_argument("--max-text-bytes", type=int, default=LibraryDefault(EXPORT, "max_text_bytes"),
@@ -125,9 +136,8 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serving_options(args: argparse.Namespace):
     """ServingOptions from the options the user set; the library's defaults for the rest."""
-    from hf2triton.errors import Hf2TritonError, OptionsError
-    from hf2triton.repository import ServingOptions
-    from hf2triton.repository import VersionPolicy
+    from hf2triton.errors import OptionsError
+    from hf2triton.repository import ServingOptions, VersionPolicy
 
     values = given(args, *SERVING_FIELDS, rename=SERVING_FIELDS)
     if not isinstance(args.preferred_batch_size, LibraryDefault):
@@ -135,7 +145,7 @@ def serving_options(args: argparse.Namespace):
     if not isinstance(args.version_policy, LibraryDefault):
         try:
             values["version_policy"] = VersionPolicy.parse(args.version_policy)
-        except (Hf2TritonError, ValueError) as error:  # RepositoryError today: either way an option problem
+        except OptionsError as error:  # name the flag the user typed
             raise OptionsError(f"--version-policy: {error}") from None
     return ServingOptions(**values)
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hf2triton.contract import DEFAULT_MODEL_NAME, DEFAULT_REPOSITORY, PROTOCOLS
 
@@ -33,6 +37,56 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0], help="(default: %(default)s)")
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the model (default: %(default)s)")
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """The client's TLS options (infer, verify, perf); an https:// URL turns TLS on too."""
+    tls = parser.add_argument_group("TLS", "connect over TLS (gRPC, or HTTP through an https:// URL)")
+    tls.add_argument("--ssl", action="store_true", help="use TLS (implied by an https:// URL)")
+    tls.add_argument("--root-certificates", type=Path, metavar="PEM",
+                     help="CA certificates that sign the server's certificate (default: the system's trust store)")
+    tls.add_argument("--private-key", type=Path, metavar="PEM",
+                     help="client key, for servers that demand a client certificate (with --certificate-chain)")
+    tls.add_argument("--certificate-chain", type=Path, metavar="PEM", help="client certificate (with --private-key)")
+
+
+TLS_FILE_OPTIONS = ("root_certificates", "private_key", "certificate_chain")
+
+
+def tls_options(args: argparse.Namespace, *urls: str | None) -> dict[str, Any]:
+    """The TLS keywords of :class:`~hf2triton.client.Client` from the TLS flags (it checks the files).
+
+    Certificate files without ``--ssl`` are a mistake unless every URL is ``https://``.
+    """
+    from hf2triton.errors import OptionsError
+
+    given = [f"--{name.replace('_', '-')}" for name in TLS_FILE_OPTIONS if getattr(args, name) is not None]
+    if given and not args.ssl and not all((url or "").startswith("https://") for url in urls):
+        verb = "need" if len(given) > 1 else "needs"
+        raise OptionsError(f"{', '.join(given)} {verb} TLS: add --ssl (or use an https:// URL)")
+    # gRPC's C core logs every failed TLS handshake at INFO on stderr; the error we raise says it once.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    return {"ssl": args.ssl, "root_certificates": args.root_certificates, "private_key": args.private_key,
+            "certificate_chain": args.certificate_chain}
+
+
+# What gRPC reports when a plain client meets a TLS port: the server drops the connection.
+_PLAIN_TO_TLS = "Socket closed"
+
+
+@contextlib.contextmanager
+def tls_hint(tls: dict[str, Any], *urls: str | None) -> Iterator[None]:
+    """Add "add --ssl" to a refused connection that looks like a plain client at a TLS server."""
+    from hf2triton.errors import ServerUnavailableError
+
+    try:
+        yield
+    except ServerUnavailableError as error:
+        plain = not tls["ssl"] and not any((url or "").startswith("https://") for url in urls)
+        if plain and _PLAIN_TO_TLS in str(error):
+            raise ServerUnavailableError(f"{error} (if the server uses TLS, add --ssl)") from error
+        raise
 
 
 def print_results(texts: list[str], results: list) -> None:
@@ -61,7 +115,8 @@ def run_infer(args: argparse.Namespace) -> int:
     from hf2triton.client import Client
 
     # The client owns the default address per protocol (url=None) and refuses bad ones.
-    with Client(args.url, protocol=args.protocol, model=args.model) as client:
+    tls = tls_options(args, args.url)
+    with Client(args.url, protocol=args.protocol, model=args.model, **tls) as client, tls_hint(tls, args.url):
         texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin]
         client.wait_for_model(timeout_s=args.timeout)
         print_results(texts, client.infer(texts))

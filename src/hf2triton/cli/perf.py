@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from hf2triton.cli.infer import add_tls_arguments, tls_options
 from hf2triton.cli.library import LibraryDefault, given
 from hf2triton.contract import DEFAULT_MODEL_NAME, PROTOCOLS, local_url
 from hf2triton.errors import MissingDependencyError
@@ -51,6 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("perf/results"),
                         help="where CSV, JSON and PNG go (default: %(default)s)")
     parser.add_argument("--prefix", default="sweep", help="file name prefix (default: %(default)s)")
+    add_tls_arguments(parser)
     parser.set_defaults(run=run_perf)
 
 
@@ -62,7 +64,7 @@ def sweep_settings(args: argparse.Namespace):
         if not isinstance(getattr(args, option), LibraryDefault):
             values[field] = tuple(getattr(args, option))
     urls = {p: (args.grpc_url if p == "grpc" else args.http_url) for p in args.protocol}
-    return SweepSettings(model=args.model, urls=urls, **values)
+    return SweepSettings(model=args.model, urls=urls, tls=tls_options(args, *urls.values()), **values)
 
 
 def run_perf(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ from hf2triton.serving.config import ADMIN_KEY_ENV, MODEL_CONTROL_MODES
 
 CONFIG = "hf2triton.serving.config:ServerConfig"
 POLICY = "hf2triton.serving.watch:SupervisionPolicy"
+# gRPC TLS flags, named as tritonserver names them (its HTTP endpoint has no TLS in 2.51).
+TLS_FIELDS = ("grpc_use_ssl", "grpc_use_ssl_mutual", "grpc_server_cert", "grpc_server_key", "grpc_root_cert")
 CONFIG_FIELDS = ("http_port", "grpc_port", "metrics_port", "log_file", "log_verbose", "model_control_mode",
-                 "repository_poll_secs", "allow_unauthenticated_model_control")
+                 "repository_poll_secs", "allow_unauthenticated_model_control", *TLS_FIELDS)
 # Supervision flags → SupervisionPolicy fields.
 POLICY_FIELDS = {"max_restarts": "max_restarts", "restart_backoff": "backoff_s",
                  "restart_backoff_max": "backoff_max_s", "restart_reset": "stable_s"}
@@ -70,6 +72,23 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         default=LibraryDefault(CONFIG, "allow_unauthenticated_model_control"),
                         help="allow --model-control-mode explicit without an admin key (anyone who reaches "
                         "the server can then load and unload models)")
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("gRPC TLS", "tritonserver's own flags; HTTP and metrics stay plain on the "
+                                    "loopback address (the bundled server has no HTTPS)")
+    tls.add_argument("--grpc-use-ssl", action="store_true", default=LibraryDefault(CONFIG, "grpc_use_ssl"),
+                     help="serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)")
+    tls.add_argument("--grpc-use-ssl-mutual", action="store_true",
+                     default=LibraryDefault(CONFIG, "grpc_use_ssl_mutual"),
+                     help="gRPC TLS that also demands a client certificate signed by --grpc-root-cert")
+    tls.add_argument("--grpc-server-cert", type=Path, default=LibraryDefault(CONFIG, "grpc_server_cert"),
+                     metavar="PEM", help="the server's certificate")
+    tls.add_argument("--grpc-server-key", type=Path, default=LibraryDefault(CONFIG, "grpc_server_key"),
+                     metavar="PEM", help="the server's private key")
+    tls.add_argument("--grpc-root-cert", type=Path, default=LibraryDefault(CONFIG, "grpc_root_cert"),
+                     metavar="PEM", help="the CA that signs client certificates (with --grpc-use-ssl-mutual)")
 
 
 def add_gateway_port_argument(parser: argparse.ArgumentParser) -> None:

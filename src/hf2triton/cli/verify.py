@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hf2triton.cli.infer import add_tls_arguments, tls_hint, tls_options
 from hf2triton.cli.library import LibraryDefault
 from hf2triton.contract import DEFAULT_MODEL_NAME, PROTOCOLS, local_url
 
@@ -33,6 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, default=LibraryDefault(TOLERANCE, "score_atol"),
                         help="max |served - reference| of probabilities and entity scores (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the model")
+    add_tls_arguments(parser)
     parser.set_defaults(run=run_verify)
 
 
@@ -52,7 +54,9 @@ def run_verify(args: argparse.Namespace) -> int:
     urls = {p: args.grpc_url if p == "grpc" else args.http_url for p in protocols}
     texts = read_texts(args.texts) if args.texts else VERIFY_TEXTS
     tolerance = Tolerance(**given(args, "min_cosine", "atol", rename={"atol": "score_atol"}))
-    report = verify(args.model, checkpoint, urls, texts, tolerance, args.timeout)
+    tls = tls_options(args, *urls.values())
+    with tls_hint(tls, *urls.values()):
+        report = verify(args.model, checkpoint, urls, texts, tolerance, args.timeout, tls)
     print("\n".join(report.table()))
     print(report.summary())
     return 0 if report.passed else 1

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
-from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll
+from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll, embedding_parameters
 from hf2triton.client.inputs import as_list
 from hf2triton.client.results import Classification, Entities, ModelInfo, RerankResult, Result
 from hf2triton.client.transport import Request
@@ -97,14 +97,16 @@ class AsyncClient(ClientBase):
     async def _info_or_fetch(self) -> ModelInfo:
         return self._info if self._info is not None else await self.fetch_info()
 
-    async def infer(self, texts: Sequence[str] | str, text_pair: Sequence[str] | str | None = None) -> list[Result]:
+    async def infer(self, texts: Sequence[str] | str, *, text_pair: Sequence[str] | str | None = None,
+                    parameters: dict[str, Any] | None = None) -> list[Result]:
         """One result per text, in order; chunks are sent concurrently. ``text_pair`` (optional):
-        a second text per text, for models that take pairs (sequence classifiers, rerankers)."""
+        a second text per text, for models that take pairs (sequence classifiers, rerankers);
+        ``parameters``: KServe v2 request parameters (e.g. an embedder's prompt_name, dimensions)."""
         batch = self._encode(texts)
         pair = self._encode_pairs(text_pair, len(batch))
         if not len(batch):
             return []
-        plan = self._plan(await self._info_or_fetch(), batch, pair)
+        plan = self._plan(await self._info_or_fetch(), batch, pair, parameters)
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def send(request: Request) -> list[Result]:
@@ -123,17 +125,27 @@ class AsyncClient(ClientBase):
             raise
         return [result for part in parts for result in part]
 
-    async def _typed_call(self, texts: Sequence[str] | str, answer: str, method: str,
-                    text_pair: Sequence[str] | str | None = None) -> Any:
+    async def _typed_call(
+        self, texts: Sequence[str] | str, answer: str, method: str,
+        text_pair: Sequence[str] | str | None = None, parameters: dict[str, Any] | None = None,
+    ) -> Any:
         items = as_list(texts)
         if not items:
             return self._typed(answer, [])
         self._check_answer(await self._info_or_fetch(), answer, method)
-        return self._typed(answer, await self.infer(items, text_pair))
+        return self._typed(answer, await self.infer(items, text_pair=text_pair, parameters=parameters))
 
-    async def embed(self, texts: Sequence[str] | str) -> np.ndarray:
-        """Embeddings as one float32 array ``[n, H]``; the model's task must be ``embeddings``."""
-        return await self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed")
+    async def embed(
+        self, texts: Sequence[str] | str, *, prompt_name: str | None = None, dimensions: int | None = None
+    ) -> np.ndarray:
+        """Embeddings as one float32 array ``[n, H]`` (``[n, dimensions]``); the task must be ``embeddings``.
+
+        ``prompt_name``: one of the checkpoint's sentence-transformers prompts (default: its
+        ``default_prompt_name``, if any); ``dimensions``: keep the first N components, re-normalised
+        (Matryoshka, as ``truncate_dim``).
+        """
+        parameters = embedding_parameters(prompt_name, dimensions)
+        return await self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed", parameters=parameters)
 
     async def classify(
         self, texts: Sequence[str] | str, text_pair: Sequence[str] | str | None = None

@@ -133,7 +133,8 @@ class ClientBase:
     def _encode_pairs(self, text_pair: Sequence[str] | str | None, rows: int) -> np.ndarray | None:
         return None if text_pair is None else encode_pairs(text_pair, rows)
 
-    def _plan(self, info: ModelInfo, batch: np.ndarray, pair: np.ndarray | None = None) -> Plan:
+    def _plan(self, info: ModelInfo, batch: np.ndarray, pair: np.ndarray | None = None,
+              parameters: dict[str, Any] | None = None) -> Plan:
         outputs = task_of(info).served_outputs
         check_sizes(batch, info.max_text_bytes)
         if pair is not None:
@@ -145,7 +146,8 @@ class ClientBase:
         parts = chunk(batch, info.max_batch_size)
         pairs = chunk(pair, info.max_batch_size) if pair is not None else [None] * len(parts)
         logger.debug("%s: %d texts in %d requests to %s", self.model, len(batch), len(parts), self.url)
-        return Plan(info, tuple(self._transport.request(part, outputs, p) for part, p in zip(parts, pairs)))
+        requests = (self._transport.request(part, outputs, p, parameters) for part, p in zip(parts, pairs))
+        return Plan(info, tuple(requests))
 
     @staticmethod
     def _rerank_pairs(query: str, documents: Sequence[str], top_n: int | None) -> tuple[list[str], list[str]]:
@@ -181,3 +183,18 @@ class ClientBase:
         if answer == tasks.ANSWER_EMBEDDING:
             return stack_embeddings(results)
         return [r for r in results if isinstance(r, RESULT_TYPES[answer])]
+
+
+def embedding_parameters(prompt_name: str | None, dimensions: int | None) -> dict[str, Any]:
+    """``embed``'s options as KServe v2 request parameters; the server checks them against the model
+    (known prompt, 1..embedding size) and answers a mistake with a 400 naming it."""
+    parameters: dict[str, Any] = {}
+    if prompt_name is not None:
+        if not isinstance(prompt_name, str) or not prompt_name:
+            raise ClientError(f"prompt_name must be a non-empty string, got {prompt_name!r}")
+        parameters[contract.REQUEST_PROMPT_NAME] = prompt_name
+    if dimensions is not None:
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+            raise ClientError(f"dimensions must be a positive integer, got {dimensions!r}")
+        parameters[contract.REQUEST_DIMENSIONS] = dimensions
+    return parameters

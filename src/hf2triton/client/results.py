@@ -37,6 +37,10 @@ class ModelInfo:
     aggregation: str = ""  # token classification: how token labels were grouped into entities
     text_pair: bool = False  # the model takes a second text per row (TEXT_PAIR)
     activation: str = ""  # rerank: what turned the logit into the score
+    prompts: tuple[str, ...] = ()  # embeddings: the prompt names a request may give (``prompt_name``)
+    default_prompt_name: str = ""  # the prompt applied when a request names none ("" = none)
+    max_windows: int = 0  # > 0: long texts are served in up to this many windows, else truncated
+    stride: int = 0  # tokens consecutive windows share
 
 
 @dataclass(frozen=True, eq=False)
@@ -325,4 +329,19 @@ def model_info_from_config(name: str, config: Mapping[str, Any]) -> ModelInfo:
         aggregation=params.get(contract.PARAM_AGGREGATION, "").strip(),
         text_pair=params.get(contract.PARAM_TEXT_PAIR, "false").strip().lower() == "true",
         activation=params.get(contract.PARAM_ACTIVATION, "").strip(),
+        prompts=tuple(_prompt_names(name, params)),
+        default_prompt_name=params.get(contract.PARAM_DEFAULT_PROMPT, "").strip(),
+        max_windows=_int_param(name, params, contract.PARAM_MAX_WINDOWS),
+        stride=_int_param(name, params, contract.PARAM_STRIDE),
     )
+
+
+def _prompt_names(name: str, params: Mapping[str, str]) -> list[str]:
+    raw = params.get(contract.PARAM_PROMPTS, "").strip() or "{}"
+    try:
+        prompts = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"model {name!r}: parameter {contract.PARAM_PROMPTS} is not JSON: {exc}") from exc
+    if not isinstance(prompts, dict):
+        raise ClientError(f"model {name!r}: parameter {contract.PARAM_PROMPTS} must be a JSON object")
+    return sorted(str(k) for k in prompts)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
-from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll
+from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll, embedding_parameters
 from hf2triton.client.inputs import as_list
 from hf2triton.client.results import Classification, Entities, ModelInfo, RerankResult, Result
 from hf2triton.errors import ServerUnavailableError
@@ -92,14 +92,16 @@ class Client(ClientBase):
         """The model's :class:`ModelInfo`, read from the server on first use."""
         return self._info if self._info is not None else self.fetch_info()
 
-    def infer(self, texts: Sequence[str] | str, text_pair: Sequence[str] | str | None = None) -> list[Result]:
+    def infer(self, texts: Sequence[str] | str, *, text_pair: Sequence[str] | str | None = None,
+              parameters: dict[str, Any] | None = None) -> list[Result]:
         """One result per text, in order (a single ``str`` gives a list of one). ``text_pair``
-        (optional): a second text per text, for models that take pairs (classifiers, rerankers)."""
+        (optional): a second text per text, for models that take pairs (classifiers, rerankers);
+        ``parameters``: KServe v2 request parameters (e.g. an embedder's prompt_name, dimensions)."""
         batch = self._encode(texts)
         pair = self._encode_pairs(text_pair, len(batch))
         if not len(batch):
             return []
-        plan = self._plan(self.info, batch, pair)
+        plan = self._plan(self.info, batch, pair, parameters)
         results: list[Result] = []
         for request in plan.requests:
             with self._transport.translated():
@@ -107,17 +109,27 @@ class Client(ClientBase):
             results.extend(plan.decode(response, request))
         return results
 
-    def _typed_call(self, texts: Sequence[str] | str, answer: str, method: str,
-                    text_pair: Sequence[str] | str | None = None) -> Any:
+    def _typed_call(
+        self, texts: Sequence[str] | str, answer: str, method: str,
+        text_pair: Sequence[str] | str | None = None, parameters: dict[str, Any] | None = None,
+    ) -> Any:
         items = as_list(texts)
         if not items:
             return self._typed(answer, [])
         self._check_answer(self.info, answer, method)
-        return self._typed(answer, self.infer(items, text_pair))
+        return self._typed(answer, self.infer(items, text_pair=text_pair, parameters=parameters))
 
-    def embed(self, texts: Sequence[str] | str) -> np.ndarray:
-        """Embeddings as one float32 array ``[n, H]``; the model's task must be ``embeddings``."""
-        return self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed")
+    def embed(
+        self, texts: Sequence[str] | str, *, prompt_name: str | None = None, dimensions: int | None = None
+    ) -> np.ndarray:
+        """Embeddings as one float32 array ``[n, H]`` (``[n, dimensions]``); the task must be ``embeddings``.
+
+        ``prompt_name``: one of the checkpoint's sentence-transformers prompts (default: its
+        ``default_prompt_name``, if any); ``dimensions``: keep the first N components, re-normalised
+        (Matryoshka, as ``truncate_dim``).
+        """
+        parameters = embedding_parameters(prompt_name, dimensions)
+        return self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed", parameters=parameters)
 
     def classify(
         self, texts: Sequence[str] | str, text_pair: Sequence[str] | str | None = None

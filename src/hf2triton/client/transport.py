@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,8 +30,8 @@ from hf2triton.errors import ClientError, Hf2TritonError, InvalidInputError, Opt
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("grpc", "http")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+PROTOCOLS = contract.PROTOCOLS
+DEFAULT_PORTS = {protocol: contract.DEFAULT_PORTS[protocol] for protocol in PROTOCOLS}  # where `hf2triton serve` listens
 _PLAIN_SCHEMES = ("http://", "grpc://")
 _TLS_SCHEMES = ("https://",)
 
@@ -116,7 +116,7 @@ def parse_endpoint(
     """
     if protocol not in PROTOCOLS:
         raise OptionsError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-    address = url or f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
+    address = url or contract.local_url(protocol)
     for scheme in _PLAIN_SCHEMES + _TLS_SCHEMES:
         if address.startswith(scheme):
             address, ssl = address[len(scheme) :], ssl or scheme in _TLS_SCHEMES
@@ -220,6 +220,7 @@ class Request:
     inputs: tuple[Any, ...]
     outputs: tuple[Any, ...]
     output_names: tuple[str, ...]
+    parameters: tuple[tuple[str, Any], ...] = ()  # KServe v2 request parameters (prompt_name, dimensions)
 
 
 class Transport:
@@ -315,9 +316,10 @@ class Transport:
             return self.connection().get_inference_statistics(model_name="", as_json=True)
         return self.connection().get_inference_statistics(model_name="")
 
-    def request(self, batch: np.ndarray, outputs: Sequence[str], pair: np.ndarray | None = None) -> Request:
+    def request(self, batch: np.ndarray, outputs: Sequence[str], pair: np.ndarray | None = None,
+                parameters: Mapping[str, Any] | None = None) -> Request:
         """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` (and ``pair`` as ``TEXT_PAIR``)
-        and asking for ``outputs``."""
+        and asking for ``outputs``, with ``parameters`` as its KServe v2 request parameters."""
         module = self.module
         inputs = []
         for name, array in ((contract.INPUT_TEXT, batch), (contract.INPUT_TEXT_PAIR, pair)):
@@ -326,11 +328,12 @@ class Transport:
                 tensor.set_data_from_numpy(array)
                 inputs.append(tensor)
         requested = tuple(module.InferRequestedOutput(name) for name in outputs)
-        return Request(tuple(inputs), requested, tuple(outputs))
+        return Request(tuple(inputs), requested, tuple(outputs), tuple(sorted((parameters or {}).items())))
 
     def infer(self, request: Request) -> Any:
+        extra = {"parameters": dict(request.parameters)} if request.parameters else {}
         return self.connection().infer(
-            self.model, list(request.inputs), outputs=list(request.outputs), **self._kw()
+            self.model, list(request.inputs), outputs=list(request.outputs), **extra, **self._kw()
         )
 
     def close(self) -> Any:

@@ -19,6 +19,12 @@ the reference as ``tokenizer(text, text_pair)``; a reranker is checked on pairs 
 The reference truncates at the served max length, as the served tokenizer does. What
 is compared is the task row's ``comparison.served`` (:mod:`hf2triton.tasks`); the
 reference model class is the row's ``auto_model``.
+
+Windowed deployments (the config's ``hf2triton.max_windows`` > 0) also get a text several
+windows long: entities from the pipeline with the served ``stride``, embeddings from the
+chunked definition (:func:`reference_chunked`). Embedding models are also asked for each of
+their prompts and for half their dimensions (request parameters ``prompt_name``,
+``dimensions``), compared with ``SentenceTransformer.encode(prompt_name=, truncate_dim=)``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hf2triton import tasks
+from hf2triton.client.base import embedding_parameters
 from hf2triton.client.results import Classification, Embedding, Entities, ModelInfo, Result, Score
 from hf2triton.client.sync import Client
 from hf2triton.errors import CheckpointError
@@ -88,7 +95,8 @@ class VerifyReport:
         failed = [c for c in self.checks if not c.passed]
         protocols = sorted({c.protocol for c in self.checks})
         verdict = "passed" if self.passed else "FAILED"
-        skipped = f"; {len(self.skipped)} texts over the served byte limit not sent" if self.skipped else ""
+        skipped = (f"; {len(self.skipped)} texts over the served byte limit or max windows not compared"
+                   if self.skipped else "")
         return (
             f"verify {verdict}: {len(self.checks) - len(failed)}/{len(self.checks)} answers of model "
             f"'{self.model}' ({self.task}) over {', '.join(protocols)} match {self.checkpoint}{skipped}"
@@ -146,19 +154,26 @@ def _pooled(hidden, mask, mode: str):
     return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
 
 
-def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
-                         pairs: Sequence[str] | None = None) -> np.ndarray:
-    """sentence-transformers for its checkpoints; else AutoModel with the detected pooling."""
+def reference_embeddings(
+    checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+    prompt_name: str | None = None, dimensions: int | None = None, pairs: Sequence[str] | None = None,
+) -> np.ndarray:
+    """sentence-transformers for its checkpoints (with ``prompt_name`` and ``truncate_dim``); else
+    AutoModel with the detected pooling; windowed deployments: :func:`reference_chunked`.
+    ``pairs`` is always None here: embedders take no text pairs."""
     import torch
 
     from hf2triton.export.checkpoint import sentence_transformers_pooling
 
+    if info.max_windows:
+        return reference_chunked(checkpoint, texts, info, prompt_name, dimensions)
     if (checkpoint / "modules.json").exists():
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(checkpoint), device="cpu")
         model.max_seq_length = info.max_sequence_length
-        return model.encode(list(texts), batch_size=8, convert_to_numpy=True)
+        return model.encode(list(texts), batch_size=8, convert_to_numpy=True, prompt_name=prompt_name,
+                            truncate_dim=dimensions)
     pooling = sentence_transformers_pooling(checkpoint)
     tokenizer, model = _tokenizer(checkpoint, info.max_sequence_length), _load(task.auto_model, checkpoint)
     parts = []
@@ -168,7 +183,39 @@ def reference_embeddings(checkpoint: Path, texts: Sequence[str], info: ModelInfo
             hidden = model(**encoded).last_hidden_state
         pooled = _pooled(hidden, encoded["attention_mask"], pooling.mode)
         parts.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(parts)
+    return np.concatenate(parts)[:, :dimensions]
+
+
+def reference_chunked(
+    checkpoint: Path, texts: Sequence[str], info: ModelInfo, prompt_name: str | None = None,
+    dimensions: int | None = None,
+) -> np.ndarray:
+    """``--long-text chunk`` in PyTorch: the prompt put before the text (as sentence-transformers
+    does), transformers' windows (``return_overflowing_tokens``, the served stride), each pooled
+    over its attention mask, the token-count-weighted mean of a text's windows, normalised as the
+    checkpoint says, the first ``dimensions`` components kept. Texts past ``max_windows`` windows
+    are not compared (they are cut, reported in TRUNCATED)."""
+    import torch
+
+    from hf2triton.export.checkpoint import sentence_transformers_pooling, sentence_transformers_prompts
+
+    prompts, default = sentence_transformers_prompts(checkpoint)
+    prompt = dict(prompts).get(prompt_name or default, "")
+    pooling = sentence_transformers_pooling(checkpoint)
+    tokenizer, model = _tokenizer(checkpoint, info.max_sequence_length), _load("AutoModel", checkpoint)
+    vectors = []
+    for text in texts:
+        encoded = tokenizer(prompt + text, truncation=True, stride=info.stride, return_overflowing_tokens=True,
+                            padding=True, return_tensors="pt")
+        encoded.pop("overflow_to_sample_mapping", None)
+        with torch.no_grad():
+            hidden = model(**encoded).last_hidden_state
+        pooled = _pooled(hidden, encoded["attention_mask"], pooling.mode)
+        counts = encoded["attention_mask"].sum(dim=1, keepdim=True).to(pooled.dtype)
+        merged = (pooled * counts).sum(dim=0) / counts.sum()
+        vector = torch.nn.functional.normalize(merged, dim=0) if pooling.normalize else merged
+        vectors.append(vector[:dimensions].numpy())
+    return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
 
 
 def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
@@ -210,6 +257,7 @@ def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, 
         tokenizer=_tokenizer(checkpoint, info.max_sequence_length),
         aggregation_strategy=info.aggregation or "simple",
         device="cpu",
+        **({"stride": info.stride} if info.max_windows else {}),  # windows merged as served
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "does not support real words": the pipeline's heuristic applies
@@ -294,15 +342,66 @@ _CHECKS = {
 }
 
 
-def served_answers(url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float,
-                   pairs: Sequence[str] | None = None) -> list[Result]:
-    with Client(url, protocol=protocol, model=model) as client:
+def served_answers(
+    url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float,
+    tls: Mapping[str, Any] | None = None, parameters: dict | None = None, pairs: Sequence[str] | None = None,
+) -> list[Result]:
+    with Client(url, protocol=protocol, model=model, **(tls or {})) as client:
         client.wait_for_model(timeout_s=timeout_s)
-        return client.infer(list(texts), None if pairs is None else list(pairs))
+        return client.infer(list(texts), text_pair=None if pairs is None else list(pairs), parameters=parameters)
 
 
-def served_info(url: str, protocol: str, model: str, timeout_s: float) -> ModelInfo:
-    with Client(url, protocol=protocol, model=model) as client:
+def long_text(info: ModelInfo, texts: Sequence[str]) -> str:
+    """A text of about three windows (at least three times the max length in characters, four per
+    token), within the served byte limit."""
+    pieces, size = [], 0
+    target = 12 * max(info.max_sequence_length, 16)
+    limit = info.max_text_bytes or 1 << 30
+    short = [t for t in texts if t.strip() and len(t) < 4 * max(info.max_sequence_length, 16)]
+    for text in (t for _ in range(1000) for t in short):
+        if size >= target or size + len(text.encode()) + 1 > limit:
+            break
+        pieces.append(text)
+        size += len(text.encode()) + 1
+    return " ".join(pieces)
+
+
+def over_windows(checkpoint: Path, texts: Sequence[str], info: ModelInfo) -> list[int]:
+    """Indices of texts that need more windows than served (the server cuts and reports them;
+    the reference would read them whole, so they are not compared)."""
+    tokenizer = _tokenizer(checkpoint, info.max_sequence_length)
+    counts = [len(tokenizer(text, truncation=True, stride=info.stride, return_overflowing_tokens=True)["input_ids"])
+              for text in texts]
+    return [k for k, count in enumerate(counts) if count > info.max_windows]
+
+
+def option_cases(info: ModelInfo, width: int) -> list[tuple[str | None, int | None]]:
+    """The request options an embedding deployment is checked with: each prompt, half the dimensions."""
+    return [(name, None) for name in info.prompts] + [(None, max(1, width // 2))]
+
+
+def check_options(
+    model: str, checkpoint: Path, urls: dict[str, str], info: ModelInfo, texts: Sequence[str], indices: Sequence[int],
+    width: int, tolerance: Tolerance, timeout_s: float, tls: Mapping[str, Any] | None = None,
+) -> list[TextCheck]:
+    """Prompts and dimensions over every protocol, compared with the reference given the same options."""
+    checks = []
+    task = tasks.TASKS[info.task]
+    for prompt_name, dimensions in option_cases(info, width):
+        expected = reference_embeddings(checkpoint, texts, info, task, prompt_name, dimensions)
+        options = ", ".join(f"{k}={v}" for k, v in (("prompt_name", prompt_name), ("dimensions", dimensions)) if v)
+        for protocol, url in urls.items():
+            served = served_answers(url, protocol, model, texts, timeout_s, tls,
+                                    embedding_parameters(prompt_name, dimensions))
+            for index, text, answer, reference in zip(indices, texts, served, expected):
+                passed, detail = compare_embedding(answer, reference, info, tolerance)
+                checks.append(TextCheck(protocol, index, text, passed, f"{options}: {detail}"))
+    return checks
+
+
+def served_info(url: str, protocol: str, model: str, timeout_s: float,
+                tls: Mapping[str, Any] | None = None) -> ModelInfo:
+    with Client(url, protocol=protocol, model=model, **(tls or {})) as client:
         return client.wait_for_model(timeout_s=timeout_s)
 
 
@@ -320,32 +419,47 @@ def verify(
     texts: Sequence[str] = VERIFY_TEXTS,
     tolerance: Tolerance = Tolerance(),
     timeout_s: float = 60.0,
+    tls: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
-    """Send ``texts`` over each protocol in ``urls`` ({"grpc": host:port, ...}) and compare."""
+    """Send ``texts`` over each protocol in ``urls`` ({"grpc": host:port, ...}) and compare.
+
+    ``tls``: the :class:`Client`'s TLS keywords (``ssl``, ``root_certificates``, ...).
+    """
     if not texts:
         raise CheckpointError("no texts to verify with")
     checkpoint = Path(checkpoint).expanduser().resolve()
     if not (checkpoint / "config.json").exists():
         raise CheckpointError(f"{checkpoint} is not a checkpoint directory (no config.json)")
     protocol, url = next(iter(urls.items()))
-    info = served_info(url, protocol, model, timeout_s)
+    info = served_info(url, protocol, model, timeout_s, tls)
     task = tasks.TASKS.get(info.task)
     if task is None or task.comparison.served not in _CHECKS:
         raise CheckpointError(f"model {model!r} serves task {info.task!r}, which verify cannot check")
     check = _CHECKS[task.comparison.served]
+    if info.max_windows:
+        texts = (*texts, long_text(info, texts))
     kept, skipped = within_limit(texts, info.max_text_bytes)
+    if info.max_windows:
+        over = set(over_windows(checkpoint, [texts[i] for i in kept], info))
+        skipped = sorted(skipped + [kept[k] for k in over])
+        kept = [i for k, i in enumerate(kept) if k not in over]
     sent = [texts[i] for i in kept]
     checks: list[TextCheck] = []
+    answers: dict[str, list[Result]] = {}
     for firsts, pairs in checked_inputs(sent, task, info):
-        answers = {protocol: served_answers(url, protocol, model, firsts, timeout_s, pairs)
+        answers = {protocol: served_answers(url, protocol, model, firsts, timeout_s, tls, pairs=pairs)
                    for protocol, url in urls.items()}
         log.info("running %s in PyTorch on %d %s", checkpoint, len(firsts), "texts" if pairs is None else "pairs")
-        expected = check.reference(checkpoint, firsts, info, task, pairs) if firsts else []
+        expected = check.reference(checkpoint, firsts, info, task, pairs=pairs) if firsts else []
         shown = firsts if pairs is None else [f"{a} | {b}" for a, b in zip(firsts, pairs)]
         for protocol, results in answers.items():
             for index, text, served, reference in zip(kept, shown, results, expected):
                 passed, detail = check.compare(served, reference, info, tolerance)
                 checks.append(TextCheck(protocol, index, text, passed, detail))
+    # Embedders take no pairs: ``answers`` holds the texts alone. Options only once those match.
+    if task.answer == tasks.ANSWER_EMBEDDING and sent and all(c.passed for c in checks):
+        width = len(next(iter(answers.values()))[0].vector)
+        checks += check_options(model, checkpoint, urls, info, sent, kept, width, tolerance, timeout_s, tls)
     return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
 
 

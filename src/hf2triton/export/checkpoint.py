@@ -77,6 +77,9 @@ class Checkpoint:
     tokenizer_file: Path | None  # None: build the fast tokenizer with transformers
     fingerprint: str  # sha256 over config.json and the weight files' names and bytes
     activation: str = ""  # rerank: what turns the logit into a score (see CROSS_ENCODER_ACTIVATIONS)
+    # sentence-transformers prompts (config_sentence_transformers.json): (name, text), and the default's name
+    prompts: tuple[tuple[str, str], ...] = ()
+    default_prompt_name: str = ""
 
 
 def read_json(path: Path) -> dict:
@@ -228,6 +231,37 @@ def sentence_transformers_pooling(path: Path) -> Pooling:
     return Pooling(mode, normalize, source="modules.json")
 
 
+def sentence_transformers_prompts(path: Path) -> tuple[tuple[tuple[str, str], ...], str]:
+    """``prompts`` and ``default_prompt_name`` from config_sentence_transformers.json, as
+    sentence-transformers reads them (a default naming no prompt is refused, as it does)."""
+    config_file = path / "config_sentence_transformers.json"
+    if not config_file.exists():
+        return (), ""
+    raw = read_json(config_file)
+    prompts = raw.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise CheckpointError(f"{config_file}: prompts must map names to prompt texts, got {prompts!r}")
+    default = raw.get("default_prompt_name") or ""
+    if default and default not in prompts:
+        raise CheckpointError(f"{config_file}: default_prompt_name {default!r} is not one of the prompts "
+                              f"({', '.join(prompts) or 'none'})")
+    if any(prompts.values()) and not prompts_included_in_pooling(path):
+        raise CheckpointError(f"{path}: the Pooling module excludes prompt tokens (include_prompt: false); "
+                              "serving that is not supported")
+    return tuple((str(k), v) for k, v in prompts.items()), default
+
+
+def prompts_included_in_pooling(path: Path) -> bool:
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return True
+    for module in read_json(modules_file):
+        pooling_config = path / module.get("path", "") / "config.json"
+        if module.get("type", "").endswith(".Pooling") and pooling_config.exists():
+            return bool(read_json(pooling_config).get("include_prompt", True))
+    return True
+
+
 def labels_of(config, raw: dict, task: Task) -> tuple[str, ...]:
     """Label names in id order. Entity labels must be named in config.json itself: transformers
     would otherwise invent LABEL_0, LABEL_1, ... and every token would look like an entity."""
@@ -277,6 +311,7 @@ def inspect_checkpoint(
         raise CheckpointError(f"--max-length {max_length} is outside 1..{limit}, the model's limit")
     classifier = chosen.answer == ANSWER_CLASSIFICATION  # multi-label applies to text classes
     labels = labels_of(config, raw, chosen)
+    prompts, default_prompt = sentence_transformers_prompts(path) if chosen.pooled else ((), "")
     return Checkpoint(
         path=path,
         model_type=config.model_type,
@@ -292,6 +327,8 @@ def inspect_checkpoint(
         tokenizer_file=tokenizer_file,
         fingerprint=fingerprint(path),
         activation=cross_encoder_activation(raw) if chosen.single_label else "",
+        prompts=prompts,
+        default_prompt_name=default_prompt,
     )
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from hf2triton.backends.postprocess import AGGREGATIONS, EntitySettings
-from hf2triton.backends.tokenizer import TokenizerSettings, default_buckets, load_tokenizer
+from hf2triton.backends.tokenizer import TextOptions, TokenizerSettings, default_buckets, load_tokenizer
 from hf2triton.export.checkpoint import Checkpoint, read_json
-from hf2triton.errors import CheckpointError
+from hf2triton.errors import CheckpointError, OptionsError
 
 
 def write_tokenizer_json(checkpoint: Checkpoint, destination: Path) -> Path:
@@ -120,3 +120,54 @@ def entity_settings(tokenizer_json: Path, checkpoint: Checkpoint, aggregation: s
 
 def served_tokenizer(tokenizer_json: Path, settings: TokenizerSettings) -> Tokenizer:
     return load_tokenizer(tokenizer_json, settings.max_length)
+
+
+LONG_TEXT_MODES = ("truncate", "chunk")  # embeddings: cut at the max length (reported), or windows pooled
+DEFAULT_MAX_WINDOWS = 16
+DEFAULT_CHUNK_STRIDE = 32  # tokens shared by consecutive windows of --long-text chunk (at most a quarter)
+
+
+def special_token_count(tokenizer_json: Path) -> int:
+    """Tokens the tokenizer adds around one text ([CLS] ... [SEP]: 2)."""
+    processor = Tokenizer.from_file(str(tokenizer_json)).post_processor
+    return processor.num_special_tokens_to_add(False) if processor is not None else 0
+
+
+def text_options(
+    tokenizer_json: Path, checkpoint: Checkpoint, *, stride: int | None = None, long_text: str = "truncate",
+    max_windows: int = DEFAULT_MAX_WINDOWS, aggregation: str = "simple",
+) -> TextOptions:
+    """Windows (token classification with ``stride``; embeddings with ``long_text="chunk"``) and prompts.
+
+    Sequence classification always truncates (and reports it): one label per text has no
+    agreed merge of windows.
+    """
+    task = checkpoint.task
+    if long_text not in LONG_TEXT_MODES:
+        raise OptionsError(f"--long-text {long_text!r}: choose one of {', '.join(LONG_TEXT_MODES)}")
+    if long_text == "chunk" and not task.pooled:
+        raise OptionsError(f"--long-text chunk applies to embeddings; {task.name} "
+                           + ("uses --stride for long texts" if task.token_alignment else "truncates long texts"))
+    if stride is not None and not (task.token_alignment or long_text == "chunk"):
+        raise OptionsError(f"--stride applies to token classification and to embeddings with --long-text chunk; "
+                           f"{task.name} truncates long texts (reported in TRUNCATED)")
+    windowed = (task.token_alignment and stride is not None) or long_text == "chunk"
+    content = checkpoint.max_sequence_length - special_token_count(tokenizer_json)
+    if windowed:
+        if task.token_alignment and aggregation == "none":
+            raise OptionsError("--stride merges entities across windows: choose an --aggregation other than none "
+                               "(as transformers' pipeline requires)")
+        if stride is None:
+            stride = min(DEFAULT_CHUNK_STRIDE, content // 4)
+        if not 0 <= stride < content:
+            raise OptionsError(f"--stride {stride} must be in 0..{content - 1}: fewer than the {content} text "
+                               f"tokens a window of --max-length {checkpoint.max_sequence_length} holds")
+        if not 1 <= max_windows <= 1024:
+            raise OptionsError(f"--max-windows must be in 1..1024, got {max_windows}")
+    return TextOptions(
+        stride=stride if windowed and stride else 0,
+        max_windows=max_windows if windowed else 0,
+        prompts=checkpoint.prompts,
+        default_prompt_name=checkpoint.default_prompt_name,
+        embedding_size=checkpoint.hidden_size if task.pooled else 0,
+    )

@@ -153,7 +153,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: GatewaySettings) -> Starlette:
     """The gateway as an ASGI app (serve it with uvicorn, or see :func:`hf2triton.gateway.run_gateway`)."""
     connection = TritonConnection(settings.triton_url, settings.request_timeout_s, settings.triton_admin_key,
-                                  settings.max_concurrent_chunks)
+                                  settings.max_concurrent_chunks, tls=settings.triton_tls)
     state = GatewayState(settings, GatewayService(connection, ModelCatalog(connection, settings.model_repository)),
                          GatewayMetrics())
 

@@ -35,6 +35,13 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         help="request body size limit (default: %(default)s)")
     parser.add_argument("--refresh-interval", type=float, default=defaults.refresh_interval_s, metavar="SECONDS",
                         help="how often to rediscover served models (default: %(default)s)")
+    tls = parser.add_argument_group("TLS to Triton", "gRPC TLS, for a Triton started with --grpc-use-ssl")
+    tls.add_argument("--triton-ssl", action="store_true", help="connect to Triton's gRPC endpoint over TLS")
+    tls.add_argument("--triton-root-certificates", type=Path, metavar="PEM",
+                     help="CA certificates that sign Triton's certificate (default: the system's trust store)")
+    tls.add_argument("--triton-private-key", type=Path, metavar="PEM",
+                     help="client key, for a Triton that demands client certificates (with --triton-certificate-chain)")
+    tls.add_argument("--triton-certificate-chain", type=Path, metavar="PEM", help="client certificate")
 
 
 def settings_from_arguments(args: argparse.Namespace) -> GatewaySettings:
@@ -42,7 +49,9 @@ def settings_from_arguments(args: argparse.Namespace) -> GatewaySettings:
         api_key_env=args.api_key_env, admin_key_env=args.admin_key_env,
         triton_url=args.triton_url, host=args.host, port=args.port, model_repository=args.model_repository,
         default_model=args.default_model, max_inputs=args.max_inputs, max_request_bytes=args.max_request_bytes,
-        refresh_interval_s=args.refresh_interval,
+        refresh_interval_s=args.refresh_interval, triton_ssl=args.triton_ssl,
+        triton_root_certificates=args.triton_root_certificates, triton_private_key=args.triton_private_key,
+        triton_certificate_chain=args.triton_certificate_chain,
     )
 
 

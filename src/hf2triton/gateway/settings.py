@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hf2triton.contract import DEFAULT_HOST, local_url
 from hf2triton.errors import OptionsError
+from hf2triton.serving.config import ADMIN_KEY_ENV  # Triton's restricted-API key, as `hf2triton serve` reads it
+
+if TYPE_CHECKING:
+    from hf2triton.client.transport import TLSOptions
 
 API_KEY_ENV = "HF2TRITON_GATEWAY_API_KEY"  # when set, every endpoint but /health and /metrics needs the bearer token
-ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # Triton's restricted-API key (the repository index needs it when set)
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,8 @@ class GatewaySettings:
     never printed (``repr=False``) nor logged.
     """
 
-    triton_url: str = "127.0.0.1:8001"  # gRPC host:port
-    host: str = "127.0.0.1"
+    triton_url: str = local_url("grpc")  # gRPC host:port
+    host: str = DEFAULT_HOST
     port: int = 8080
     model_repository: Path | None = None
     default_model: str | None = None  # for TEI routes, which name no model, when several are served
@@ -35,6 +40,12 @@ class GatewaySettings:
     request_timeout_s: float = 60.0
     refresh_interval_s: float = 10.0  # how often served models are rediscovered (loads/unloads)
     max_concurrent_chunks: int = 16  # gRPC requests in flight for one HTTP request's chunks
+    # gRPC TLS to Triton (PEM files; no root certificates = the system's trust store; a client
+    # certificate, key and chain together, for a server started with --grpc-use-ssl-mutual).
+    triton_ssl: bool = False
+    triton_root_certificates: Path | None = None
+    triton_private_key: Path | None = None
+    triton_certificate_chain: Path | None = None
 
     def __post_init__(self) -> None:
         if self.model_repository is not None:
@@ -54,6 +65,11 @@ class GatewaySettings:
                 problems.append(f"{name} must be > 0, not {getattr(self, name)}")
         if self.api_key is not None and len(self.api_key) < 8:
             problems.append("the API key must be 8 or more characters")
+        if not problems:
+            try:
+                self.triton_tls  # noqa: B018 (validates the TLS files and their combination)
+            except OptionsError as error:
+                problems.append(str(error))
         if problems:
             raise OptionsError("invalid gateway settings: " + "; ".join(problems))
 
@@ -63,6 +79,17 @@ class GatewaySettings:
         """Settings with the API key and Triton's admin key read from environment variables."""
         return cls(api_key=os.environ.get(api_key_env) or None,
                    triton_admin_key=os.environ.get(admin_key_env) or None, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def triton_tls(self) -> TLSOptions | None:
+        """TLS for the gRPC connection to Triton, None for plain gRPC (raises OptionsError on bad files)."""
+        files = (self.triton_root_certificates, self.triton_private_key, self.triton_certificate_chain)
+        if not self.triton_ssl and all(path is None for path in files):
+            return None  # plain: no need to import the client (it brings numpy)
+        from hf2triton.client.transport import parse_endpoint
+
+        return parse_endpoint(self.triton_url, "grpc", ssl=self.triton_ssl, root_certificates=files[0],
+                              private_key=files[1], certificate_chain=files[2]).tls
 
     @property
     def base_url(self) -> str:

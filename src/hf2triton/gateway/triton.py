@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from hf2triton.client import ModelInfo, to_client_error
+from hf2triton.client import ModelInfo, TLSOptions, to_client_error
 from hf2triton.errors import ClientError
+from hf2triton.serving.config import GRPC_RESTRICTED_PREFIX, RESTRICTED_KEY_HEADER
 
 logger = logging.getLogger(__name__)
 
-GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"  # how tritonserver reads the restricted-API key over gRPC
+GRPC_ADMIN_HEADER = GRPC_RESTRICTED_PREFIX + RESTRICTED_KEY_HEADER  # how tritonserver reads the admin key over gRPC
 # gRPC messages of a large batch of long texts exceed gRPC's 4 MiB default.
 _CHANNEL_ARGS = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                  ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -37,8 +38,10 @@ def text_tensor(texts: Sequence[str]) -> np.ndarray:
 class TritonConnection:
     """One lazily opened ``grpc.aio`` client for the running event loop; close it on shutdown."""
 
-    def __init__(self, url: str, timeout_s: float, admin_key: str | None = None, max_concurrent: int = 16) -> None:
+    def __init__(self, url: str, timeout_s: float, admin_key: str | None = None, max_concurrent: int = 16,
+                 tls: TLSOptions | None = None) -> None:
         self.url = url
+        self.tls = tls
         self.timeout_s = timeout_s
         self._admin = {GRPC_ADMIN_HEADER: admin_key} if admin_key else {}
         self._max_concurrent = max_concurrent
@@ -51,7 +54,8 @@ class TritonConnection:
         if self._client is None:
             import tritonclient.grpc.aio as grpcaio
 
-            self._client = grpcaio.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
+            secure = self.tls.grpc_kwargs() if self.tls is not None else {}
+            self._client = grpcaio.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS, **secure)
         return self._client
 
     async def close(self) -> None:

@@ -16,8 +16,9 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,7 @@ class SweepSettings:
     stable_windows: int = 3
     max_windows: int = 8
     request_timeout_s: float = 60.0
+    tls: Mapping[str, Any] = field(default_factory=dict)  # parse_endpoint's TLS keywords (ssl, root_certificates, ...)
 
     def __post_init__(self) -> None:
         problems = [f"unknown protocol {p!r} (use grpc or http)" for p in self.urls if p not in PROTOCOLS]
@@ -151,9 +153,10 @@ class _Connection:
     Statistics go over a second transport: a busy HTTP pool would keep them waiting.
     """
 
-    def __init__(self, protocol: str, url: str, model: str, max_concurrency: int, timeout_s: float) -> None:
+    def __init__(self, protocol: str, url: str, model: str, max_concurrency: int, timeout_s: float,
+                 tls: Mapping[str, Any] | None = None) -> None:
         self.protocol, self.url, self.model, self.timeout_s = protocol, url, model, timeout_s
-        endpoint = parse_endpoint(url, protocol)
+        endpoint = parse_endpoint(url, protocol, **(tls or {}))
         self.transport = Transport(endpoint, model, asynchronous=True, timeout_s=timeout_s,
                                    connections=max_concurrency)
         self.stats_transport = Transport(endpoint, model, asynchronous=True, timeout_s=timeout_s, connections=1)
@@ -321,7 +324,7 @@ async def run_sweep_async(settings: SweepSettings, texts: Sequence[str], meter: 
     points = []
     for protocol, url in settings.urls.items():
         connection = _Connection(protocol, url, settings.model, max(settings.concurrencies),
-                                 settings.request_timeout_s)
+                                 settings.request_timeout_s, settings.tls)
         try:
             await connection.open()
             for batch_size in settings.batch_sizes:

@@ -21,7 +21,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as pb
 
 from hf2triton.backends.postprocess import EntitySettings
-from hf2triton.backends.tokenizer import TokenizerSettings
+from hf2triton.backends.tokenizer import TextOptions, TokenizerSettings
 from hf2triton.errors import RepositoryError
 from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.repository.configs import to_pbtxt
@@ -78,6 +78,7 @@ class RepositorySpec:
     variants: dict[str, Path] = field(default_factory=dict)
     plans: dict[str, Path] = field(default_factory=dict)
     entities: EntitySettings | None = None
+    text: TextOptions = TextOptions()  # long-text windows and prompts
 
     def served_variants(self) -> dict[str, Path]:
         if self.serving.layout != "fused":
@@ -93,7 +94,7 @@ def write_repository(spec: RepositorySpec) -> RepositoryLayout:
     """Write version ``spec.version`` (default: the planned one) of every model of ``spec.name``."""
     variants = spec.served_variants()
     models = repository_models(spec.name, spec.checkpoint, spec.onnx_file, spec.tokenizer_json, spec.settings,
-                               spec.serving, spec.entities, variants, spec.plans)
+                               spec.serving, spec.entities, variants, spec.plans, spec.text)
     root = prepare_root(spec.root)
     planned = RepositoryLayout(root, spec.name, kind=spec.serving.layout, variants=tuple(variants))
     with repository_lock(root):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from hf2triton.errors import RepositoryError
+from hf2triton.errors import OptionsError
 
 
 @dataclass(frozen=True)
@@ -52,25 +52,27 @@ class VersionPolicy:
 
     def __post_init__(self):
         if self.kind not in VERSION_POLICY_KINDS:
-            raise RepositoryError(f"version policy must be one of {', '.join(VERSION_POLICY_KINDS)}, not {self.kind!r}")
+            raise OptionsError(f"version policy must be one of {', '.join(VERSION_POLICY_KINDS)}, not {self.kind!r}")
         if self.kind == "latest" and self.latest < 1:
-            raise RepositoryError(f"version policy latest:N needs N >= 1, not {self.latest}")
+            raise OptionsError(f"version policy latest:N needs N >= 1, not {self.latest}")
         if self.kind == "specific" and (not self.versions or min(self.versions) < 1):
-            raise RepositoryError("version policy specific:V[,V...] needs versions >= 1")
+            raise OptionsError("version policy specific:V[,V...] needs versions >= 1")
 
     @classmethod
     def parse(cls, text: str) -> "VersionPolicy":
         kind, _, argument = text.strip().partition(":")
-        try:
-            if kind == "latest":
-                return cls("latest", latest=int(argument or "1"))
+        if kind in ("latest", "specific"):
+            try:  # parse first: the constructor's own OptionsError is a ValueError too
+                numbers = [int(v) for v in (argument or "1").split(",") if v.strip()]
+            except ValueError:
+                raise OptionsError(f"version policy {text!r}: versions must be whole numbers") from None
+            if kind == "latest" and len(numbers) == 1:
+                return cls("latest", latest=numbers[0])
             if kind == "specific":
-                return cls("specific", versions=tuple(sorted({int(v) for v in argument.split(",") if v.strip()})))
-        except ValueError:
-            raise RepositoryError(f"version policy {text!r}: versions must be whole numbers") from None
+                return cls("specific", versions=tuple(sorted(set(numbers))) if argument else ())
         if kind == "all" and not argument:
             return cls("all")
-        raise RepositoryError(f"version policy {text!r} is not latest:N, specific:V[,V...] or all")
+        raise OptionsError(f"version policy {text!r} is not latest:N, specific:V[,V...] or all")
 
     def __str__(self) -> str:
         if self.kind == "latest":

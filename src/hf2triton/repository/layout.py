@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2triton import contract
-from hf2triton.errors import RepositoryError
+from hf2triton.errors import OptionsError, RepositoryError
 from hf2triton.repository.configs import VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -56,28 +56,29 @@ class ServingOptions:
     max_batch_tokens: int = 8192
 
     def __post_init__(self):
+        problems = []
         if self.layout not in LAYOUTS:
-            raise RepositoryError(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+            problems.append(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.backend not in BACKENDS:
-            raise RepositoryError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+            problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.layout == "fused" and self.backend != "python-ort":
-            raise RepositoryError("the fused layout is one python model: it runs ONNX Runtime itself "
-                                  "(--backend python-ort); use the ensemble layout for the container backends")
+            problems.append("the fused layout is one python model: it runs ONNX Runtime itself "
+                            "(--backend python-ort); use the ensemble layout for the container backends")
         if any(not 1 <= size <= self.max_batch_size for size in self.preferred_batch_sizes):
-            raise RepositoryError(
-                f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}"
-            )
+            problems.append(f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}")
         if self.model_queue_delay_us < 0:
-            raise RepositoryError("the model queue delay must be >= 0 µs")
+            problems.append("the model queue delay must be >= 0 µs")
         if not 1 <= self.max_batch_size <= 4096:
-            raise RepositoryError(f"max batch size {self.max_batch_size} is outside 1..4096")
+            problems.append(f"max batch size {self.max_batch_size} is outside 1..4096")
         for field_name in ("tokenizer_instances", "model_instances", "postprocess_instances"):
             if getattr(self, field_name) < 1:
-                raise RepositoryError(f"{field_name.replace('_', ' ')} must be at least 1")
+                problems.append(f"{field_name.replace('_', ' ')} must be at least 1")
         if self.intra_op_threads < 0:
-            raise RepositoryError("intra-op threads must be 0 (one per core) or more")
+            problems.append("intra-op threads must be 0 (one per core) or more")
         if self.max_batch_tokens < 0:
-            raise RepositoryError("max batch tokens must be 0 (pad to buckets) or more")
+            problems.append("max batch tokens must be 0 (pad to buckets) or more")
+        if problems:
+            raise OptionsError("invalid serving options: " + "; ".join(problems))
 
 
 def variant_ensemble(name: str, variant: str) -> str:

@@ -16,7 +16,7 @@ from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
 from hf2triton.backends.fused import AnswerSettings
 from hf2triton.backends.onnx_model import InputLimits
 from hf2triton.backends.postprocess import EntitySettings
-from hf2triton.backends.tokenizer import TokenizerSettings
+from hf2triton.backends.tokenizer import TextOptions, TokenizerSettings
 from hf2triton.engines.check import sidecar_path
 from hf2triton.errors import RepositoryError
 from hf2triton.export.checkpoint import Checkpoint
@@ -98,8 +98,14 @@ def step_models(
     settings: TokenizerSettings,
     serving: ServingOptions,
     entities: EntitySettings | None = None,
+    text_options: TextOptions = TextOptions(),
 ) -> tuple[PythonModel, PythonModel, PythonModel]:
-    """The three python-backend step configs for ``checkpoint``'s task."""
+    """The three python-backend step configs for ``checkpoint``'s task.
+
+    Windowed (``text_options.windowed``): the tokenizer sends one row per window plus each row's text
+    index and source text, so the model and postprocess steps take up to ``max_windows`` rows
+    per text.
+    """
     tokenizer_name, model_name, postprocess_name = contract.step_names(name)
     task = checkpoint.task
     width = checkpoint.hidden_size if task.name == "embeddings" else len(checkpoint.labels)
@@ -117,6 +123,12 @@ def step_models(
         task.model_output, "TYPE_FP32", (-1, width) if task.model_output_has_sequence_axis else (width,)
     )
     mbs = serving.max_batch_size
+    rows = mbs * text_options.max_windows if text_options.windowed else mbs  # the model and postprocess steps' rows
+    # Per window row: its text's index, and (for steps that read the text) the text on its first row.
+    windows = (Tensor(contract.TENSOR_WINDOW_TEXT, "TYPE_INT64", (1,)),)
+    if contract.INPUT_TEXT in task.postprocess_inputs:
+        windows += (Tensor(contract.TENSOR_WINDOW_SOURCE, "TYPE_STRING", (1,)),)
+    windows = windows if text_options.windowed else ()
     policy = serving.version_policy
     # The python model step takes ragged requests (each padded to its own longest text) and
     # sorts their texts by length; the container's native model steps take bucketed tensors.
@@ -129,11 +141,12 @@ def step_models(
     tokenizer = PythonModel(
         name=tokenizer_name,
         inputs=texts,
-        outputs=(*token_tensors, *alignment, truncated),
+        outputs=(*token_tensors, *alignment, *windows, truncated),
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
         parameters={"settings": replace(settings, ragged=ragged).to_json(),
-                    "truncated_output": contract.OUTPUT_TRUNCATED, **pair_parameters(task)},
+                    "truncated_output": contract.OUTPUT_TRUNCATED, "text_options": text_options.to_json(),
+                    **pair_parameters(task)},
         version_policy=policy,
         warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
@@ -141,7 +154,7 @@ def step_models(
         name=model_name,
         inputs=model_inputs,
         outputs=(model_output,),
-        max_batch_size=mbs,
+        max_batch_size=rows,
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads),
@@ -154,14 +167,14 @@ def step_models(
     available = {
         t.name: t for t in (model_output, text, int64("attention_mask"), int64("input_ids"), *alignment)
     }
-    postprocess_inputs = tuple(available[n] for n in task.postprocess_inputs)
+    postprocess_inputs = tuple(available[n] for n in task.postprocess_inputs) + windows[:1]
     postprocess = PythonModel(
         name=postprocess_name,
         inputs=postprocess_inputs,
         outputs=tuple(
             Tensor(o.name, o.data_type, tuple(width if d == HIDDEN else d for d in o.dims)) for o in task.outputs
         ),
-        max_batch_size=mbs,
+        max_batch_size=rows,
         instance_count=serving.postprocess_instances,
         parameters={"task": task.name, "settings": json.dumps(postprocess_settings(checkpoint, entities))},
         version_policy=policy,
@@ -171,9 +184,14 @@ def step_models(
     return tokenizer, model, postprocess
 
 
-def contract_parameters(checkpoint: Checkpoint, settings: TokenizerSettings) -> dict[str, str]:
+def contract_parameters(checkpoint: Checkpoint, settings: TokenizerSettings,
+                        text: TextOptions = TextOptions()) -> dict[str, str]:
     """What a client reads from ``NAME``'s config, whatever the layout."""
+    long_text = {contract.PARAM_PROMPTS: json.dumps(dict(text.prompts)),
+                 contract.PARAM_DEFAULT_PROMPT: text.default_prompt_name,
+                 contract.PARAM_STRIDE: str(text.stride), contract.PARAM_MAX_WINDOWS: str(text.max_windows)}
     return {
+        **long_text,
         contract.PARAM_TASK: checkpoint.task.name,
         contract.PARAM_LABELS: json.dumps(list(checkpoint.labels)),
         contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
@@ -185,9 +203,15 @@ def contract_parameters(checkpoint: Checkpoint, settings: TokenizerSettings) -> 
 
 
 def fused_model(
-    name: str, checkpoint: Checkpoint, settings: TokenizerSettings, serving: ServingOptions
+    name: str, checkpoint: Checkpoint, settings: TokenizerSettings, serving: ServingOptions,
+    text: TextOptions = TextOptions(),
 ) -> PythonModel:
-    """One python-backend model: TEXT in, the ensemble's outputs out, the same parameters."""
+    """One python-backend model: TEXT in, the ensemble's outputs out, the same parameters.
+
+    Prompts and ``dimensions`` work here too; long-text windows need the ensemble layout.
+    """
+    if text.windowed:
+        raise RepositoryError("long-text windows (--stride, --long-text chunk) need the ensemble layout")
     tokenizer, model, postprocess = step_models(name, checkpoint, settings, serving)
     answer = AnswerSettings(
         task=checkpoint.task.name,
@@ -206,7 +230,7 @@ def fused_model(
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
         parameters={
-            **contract_parameters(checkpoint, settings),
+            **contract_parameters(checkpoint, settings, text),
             "settings": settings.to_json(),
             "answer": answer.to_json(),
             "truncated_output": contract.OUTPUT_TRUNCATED,
@@ -214,6 +238,7 @@ def fused_model(
             "intra_op_threads": str(serving.intra_op_threads),
             "max_batch_tokens": str(serving.max_batch_tokens),
             **pair_parameters(checkpoint.task),
+            "text_options": text.to_json(),
         },
         version_policy=serving.version_policy,
         warmup=bucket_warmup(tokenizer.inputs[:1], settings.buckets) if serving.warmup else (),  # TEXT alone
@@ -226,6 +251,7 @@ def ensemble_model(
     checkpoint: Checkpoint,
     settings: TokenizerSettings,
     entities: EntitySettings | None = None,
+    text: TextOptions = TextOptions(),
 ) -> Ensemble:
     """Tie the steps together; every tensor keeps its step-level name inside the ensemble."""
     tokenizer, model, postprocess = steps
@@ -233,7 +259,11 @@ def ensemble_model(
     def identity(tensors):
         return {t.name: t.name for t in tensors}
 
-    parameters = contract_parameters(checkpoint, settings)
+    post_inputs = identity(postprocess.inputs)
+    if contract.TENSOR_WINDOW_TEXT in post_inputs and contract.INPUT_TEXT in post_inputs:
+        post_inputs[contract.INPUT_TEXT] = contract.TENSOR_WINDOW_SOURCE  # each text once, on its first window
+
+    parameters = contract_parameters(checkpoint, settings, text)
     if entities is not None:
         parameters[contract.PARAM_AGGREGATION] = entities.aggregation
     return Ensemble(
@@ -244,7 +274,7 @@ def ensemble_model(
         steps=(
             EnsembleStep(tokenizer.name, identity(tokenizer.inputs), identity(tokenizer.outputs)),
             EnsembleStep(model.name, identity(model.inputs), identity(model.outputs)),
-            EnsembleStep(postprocess.name, identity(postprocess.inputs), identity(postprocess.outputs)),
+            EnsembleStep(postprocess.name, post_inputs, identity(postprocess.outputs)),
         ),
         parameters=parameters,
         version_policy=model.version_policy,
@@ -279,14 +309,15 @@ def model_step_files(
 def repository_models(
     name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path, settings: TokenizerSettings,
     serving: ServingOptions, entities: EntitySettings | None, variants: dict[str, Path], plans: dict[str, Path],
+    text: TextOptions = TextOptions(),
 ) -> dict[str, tuple[pb.ModelConfig, dict[str, bytes | Path]]]:
     """Every model of the export: its config and the files of its version folder, steps first."""
     if serving.layout == "fused":
         files: dict[str, bytes | Path] = {"model.py": backend_source("fused"), "tokenizer.json": tokenizer_json,
                                           "model.onnx": onnx_file}
         files.update({f"{module}.py": backend_source(module) for module in FUSED_STEP_MODULES})
-        return {name: (build_python_model(fused_model(name, checkpoint, settings, serving)), files)}
-    steps = step_models(name, checkpoint, settings, serving, entities)
+        return {name: (build_python_model(fused_model(name, checkpoint, settings, serving, text)), files)}
+    steps = step_models(name, checkpoint, settings, serving, entities, text)
     tokenizer, model, postprocess = steps
     post_files: dict[str, bytes | Path] = {"model.py": backend_source("postprocess")}
     if entities is not None:  # words are the tokenizer's own tokens, decoded as transformers does
@@ -296,14 +327,14 @@ def repository_models(
                                                          "tokenizer.json": tokenizer_json}),
         model.name: model_step_files(model, onnx_file, serving, plans),
         postprocess.name: (build_python_model(postprocess), post_files),
-        name: (build_ensemble(ensemble_model(name, steps, checkpoint, settings, entities)), {}),
+        name: (build_ensemble(ensemble_model(name, steps, checkpoint, settings, entities, text)), {}),
     }
     flavour = replace(serving, backend="python-ort" if serving.backend == "python-ort" else "onnxruntime")
     for variant, variant_file in variants.items():
         variant_step = replace(model, name=variant_model(name, variant))
         models[variant_step.name] = model_step_files(variant_step, variant_file, flavour, {})
         ensemble = ensemble_model(variant_ensemble(name, variant), (tokenizer, variant_step, postprocess),
-                                  checkpoint, settings, entities)
+                                  checkpoint, settings, entities, text)
         models[ensemble.name] = (build_ensemble(ensemble), {})
     return models
 

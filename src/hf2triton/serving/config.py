@@ -7,6 +7,10 @@ problem. The defaults below are the ones the CLI offers; it imports them from he
 - Every address binds to 127.0.0.1 unless ``host`` says otherwise.
 - ``--exit-on-error=true`` and ``--strict-readiness=true`` are always set (see
   :mod:`hf2triton.serving.process`).
+- gRPC can use TLS (``grpc_use_ssl``; ``grpc_use_ssl_mutual`` also demands a client
+  certificate signed by ``grpc_root_cert``). The bundled tritonserver 2.51 has no TLS for
+  HTTP or metrics: they stay plain on 127.0.0.1, which is what readiness polling and
+  ``hf2triton health`` use.
 - ``model_control_mode="explicit"`` lets whoever reaches the server load and unload
   models. It is refused without ``restricted_api_key`` (which guards that API with a
   header) unless ``allow_unauthenticated_model_control`` says the user wants it open.
@@ -15,10 +19,13 @@ problem. The defaults below are the ones the CLI offers; it imports them from he
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf2triton.contract import DEFAULT_HOST, DEFAULT_PORTS
 from hf2triton.errors import OptionsError
 
 __all__ = [
@@ -34,13 +41,14 @@ __all__ = [
     "ServerConfig",
     "client_host",
     "free_port",
+    "is_loopback",
     "port_is_free",
     "redact_argv",
 ]
 
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_METRICS_PORT = 8002
+DEFAULT_HTTP_PORT = DEFAULT_PORTS["http"]
+DEFAULT_GRPC_PORT = DEFAULT_PORTS["grpc"]
+DEFAULT_METRICS_PORT = DEFAULT_PORTS["metrics"]
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 DEFAULT_MODEL_CONTROL_MODE = "none"
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the variable docker-compose.yml and deploy/k8s read too
@@ -51,9 +59,10 @@ RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 RESTRICTED_KEY_HEADER = "admin-key"  # HTTP header; gRPC metadata adds GRPC_RESTRICTED_PREFIX
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"  # what tritonserver expects in front of the gRPC key
 _PORT_FIELDS = ("http_port", "grpc_port", "metrics_port")
+_TLS_FILE_FIELDS = ("grpc_server_cert", "grpc_server_key", "grpc_root_cert")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port on ``host`` that nothing listens on right now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -73,10 +82,20 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only (0.0.0.0 is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def client_host(host: str) -> str:
     """The address a local client uses to reach a server bound to ``host``."""
     if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
+        return DEFAULT_HOST
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
@@ -93,7 +112,7 @@ class ServerConfig:
     """
 
     model_repository: Path
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     http_port: int = DEFAULT_HTTP_PORT
     grpc_port: int = DEFAULT_GRPC_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
@@ -106,11 +125,25 @@ class ServerConfig:
     restricted_api_key: str | None = field(default=None, repr=False)  # when set, RESTRICTED_APIS need header RESTRICTED_KEY_HEADER
     metrics_config: tuple[str, ...] = ()  # e.g. ("summary_latencies=true",)
     allow_unauthenticated_model_control: bool = False  # explicit mode without restricted_api_key
+    # gRPC TLS, named as tritonserver names the flags. PEM files; mutual implies use_ssl.
+    grpc_use_ssl: bool = False
+    grpc_use_ssl_mutual: bool = False  # clients must present a certificate signed by grpc_root_cert
+    grpc_server_cert: Path | None = None
+    grpc_server_key: Path | None = None
+    grpc_root_cert: Path | None = None
+
+    @property
+    def grpc_tls(self) -> bool:
+        """Whether the gRPC endpoint speaks TLS."""
+        return self.grpc_use_ssl or self.grpc_use_ssl_mutual
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_repository", Path(self.model_repository))
         if self.log_file is not None:
             object.__setattr__(self, "log_file", Path(self.log_file))
+        for name in _TLS_FILE_FIELDS:
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).expanduser().resolve())
         object.__setattr__(self, "load_models", tuple(self.load_models))
         object.__setattr__(self, "metrics_config", tuple(self.metrics_config))
         problems: list[str] = []
@@ -153,8 +186,22 @@ class ServerConfig:
                 f"and unload models: set an admin key (the CLI reads ${ADMIN_KEY_ENV}) or allow it explicitly "
                 "(--allow-unauthenticated-model-control)"
             )
+        problems += self._tls_problems()
         if problems:
             raise OptionsError("invalid server settings: " + "; ".join(problems))
+
+    def _tls_problems(self) -> list[str]:
+        given = [name for name in _TLS_FILE_FIELDS if getattr(self, name) is not None]
+        if not self.grpc_tls:
+            verb = "need" if len(given) > 1 else "needs"
+            return [f"{', '.join(given)} {verb} grpc_use_ssl (--grpc-use-ssl)"] if given else []
+        problems = [f"grpc TLS needs {name} (--{name.replace('_', '-')})"
+                    for name in ("grpc_server_cert", "grpc_server_key") if name not in given]
+        if self.grpc_use_ssl_mutual and self.grpc_root_cert is None:
+            problems.append("grpc_use_ssl_mutual needs grpc_root_cert (--grpc-root-cert): the CA that signs "
+                            "client certificates")
+        problems += [_unreadable(name, getattr(self, name)) for name in given]
+        return [problem for problem in problems if problem]
 
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports of 0 are replaced by distinct free ports on ``host``."""
@@ -202,6 +249,13 @@ class ServerConfig:
             ("metrics-port", self.metrics_port),
         ]
         args.extend(("metrics-config", setting) for setting in self.metrics_config)
+        if self.grpc_tls:
+            args += [("grpc-use-ssl", "true"), ("grpc-server-cert", self.grpc_server_cert),
+                     ("grpc-server-key", self.grpc_server_key)]
+            if self.grpc_root_cert is not None:
+                args.append(("grpc-root-cert", self.grpc_root_cert))
+            if self.grpc_use_ssl_mutual:
+                args.append(("grpc-use-ssl-mutual", "true"))
         if self.restricted_api_key is not None:
             restriction = f"{','.join(RESTRICTED_APIS)}:{RESTRICTED_KEY_HEADER}={self.restricted_api_key}"
             args += [("http-restricted-api", restriction), ("grpc-restricted-protocol", restriction)]
@@ -216,6 +270,15 @@ class ServerConfig:
             return {}
         prefix = GRPC_RESTRICTED_PREFIX if protocol == "grpc" else ""
         return {prefix + RESTRICTED_KEY_HEADER: self.restricted_api_key}
+
+
+def _unreadable(name: str, path: Path) -> str:
+    """Why the PEM file ``path`` (setting ``name``) cannot serve, or "" when it can."""
+    if not path.is_file():
+        return f"{name} {path} is not a file (expected a PEM file)"
+    if not os.access(path, os.R_OK):
+        return f"{name} {path} is not readable"
+    return ""
 
 
 def _valid_key(key: str) -> bool:

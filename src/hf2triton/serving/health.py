@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from hf2triton.contract import local_url
 from hf2triton.serving.process import http_request
 from hf2triton.serving.watch import python_stubs
 
@@ -45,7 +46,7 @@ class HealthReport:
     reason: str
 
 
-def check_health(url: str = "127.0.0.1:8000", timeout_s: float = 5.0, server_pid: int | None = None) -> HealthReport:
+def check_health(url: str = local_url("http"), timeout_s: float = 5.0, server_pid: int | None = None) -> HealthReport:
     """Whether the tritonserver at ``url`` (``host:port`` of its HTTP endpoint) is live, ready,
     and runs every python-backend stub its loaded models need.
 
@@ -148,7 +149,7 @@ def server_pid_listening_on(port: int) -> int | None:
 
 def add_health_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``hf2triton health`` (and ``python -m hf2triton.serving.health``)."""
-    parser.add_argument("--url", default="127.0.0.1:8000", help="host:port of the HTTP endpoint (default: %(default)s)")
+    parser.add_argument("--url", default=local_url("http"), help="host:port of the HTTP endpoint (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default: %(default)s)")
     parser.add_argument("--pid", type=int, help="the tritonserver's pid (default: the process listening on the port)")
 

@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import IO, Callable
 
 from hf2triton.errors import ServerError
-from hf2triton.serving.config import ServerConfig, client_host, port_is_free, redact_argv
+from hf2triton.serving.config import ServerConfig, client_host, is_loopback, port_is_free, redact_argv
 from hf2triton.serving.distribution import (
     TritonDistribution,
     find_bundled_tritonserver,
@@ -222,7 +222,7 @@ class LocalTritonServer:
         self._config = self._requested.with_free_ports()
         argv = [str(distribution.server_binary), *self._config.to_argv(backend_directory)]
         self._log_path = self._open_log()
-        if client_host(self._config.host) != "127.0.0.1":
+        if not is_loopback(self._config.host):
             logger.warning("tritonserver binds to %s: it is reachable beyond this machine", self._config.host)
         logger.info("starting tritonserver: %s", redact_argv(argv, self._config.restricted_api_key))
         logger.debug("tritonserver log: %s", self._log_path)

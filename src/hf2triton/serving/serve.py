@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable
 
-from hf2triton.errors import ServerError
+from hf2triton.errors import OptionsError, ServerError
 from hf2triton.serving.config import RESTRICTED_APIS, RESTRICTED_KEY_HEADER, ServerConfig
 from hf2triton.serving.process import LocalTritonServer, repository_index
 from hf2triton.serving.watch import SupervisionPolicy, supervise
@@ -58,6 +58,8 @@ def serve(
     follows it across restarts. Raises ServerError when the server does not become ready.
     """
     policy = policy or SupervisionPolicy(ready_timeout_s=ready_timeout_s)
+    if gateway_port is not None:
+        check_gateway_beside(config)
     stop = _StopFlag()
     server = LocalTritonServer(config)
     previous = _install_handlers(stop)
@@ -105,7 +107,7 @@ class _GatewayBeside:
         self.stop()
         from hf2triton.gateway import start_beside
 
-        self.thread = start_beside(server, port=self.port)
+        self.thread = start_beside(server, port=self.port, **gateway_tls(server.config))
         self.triton_url = server.grpc_url
         logger.info("gateway  %s (OpenAI /v1/embeddings; TEI /embed, /predict, /rerank)", self.thread.url)
 
@@ -113,6 +115,26 @@ class _GatewayBeside:
         if self.thread is not None:
             self.thread.stop()
             self.thread = None
+
+
+def gateway_tls(config: ServerConfig) -> dict[str, Any]:
+    """GatewaySettings fields for reaching this server's gRPC endpoint: over TLS when it uses TLS.
+
+    The gateway beside the server trusts the server's own certificate, which is right for a
+    self-signed one; it has no client certificate, so mutual TLS is refused up front
+    (:func:`check_gateway_beside`).
+    """
+    if not config.grpc_tls:
+        return {}
+    return {"triton_ssl": True, "triton_root_certificates": config.grpc_server_cert}
+
+
+def check_gateway_beside(config: ServerConfig) -> None:
+    """Raise OptionsError when a gateway beside this server could not reach it."""
+    if config.grpc_use_ssl_mutual:
+        raise OptionsError("--gateway-port cannot be combined with --grpc-use-ssl-mutual: the gateway beside the "
+                           "server has no client certificate; run `hf2triton gateway --triton-ssl "
+                           "--triton-private-key ... --triton-certificate-chain ...` separately")
 
 
 def _install_handlers(stop: _StopFlag) -> dict[int, _Handler]:
@@ -130,9 +152,15 @@ def _install_handlers(stop: _StopFlag) -> dict[int, _Handler]:
     return previous
 
 
+def _tls_note(config: ServerConfig) -> str:
+    if config.grpc_use_ssl_mutual:
+        return " (TLS, client certificates required)"
+    return " (TLS)" if config.grpc_use_ssl else ""
+
+
 def _log_endpoints(server: LocalTritonServer) -> None:
     logger.info("HTTP     %s", server.http_base_url)
-    logger.info("gRPC     %s", server.grpc_url)
+    logger.info("gRPC     %s%s", server.grpc_url, _tls_note(server.config))
     logger.info("metrics  %s", server.metrics_url)
     try:
         models = repository_index(server)
