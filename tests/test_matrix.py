@@ -95,7 +95,9 @@ def test_matrix_cell_is_exported_served_and_verified(matrix_server, tiny_checkpo
     finally:
         client.unload_model(name, unload_dependents=True)
     assert report.passed, "\n".join(report.table())
-    runs = {"sequence-classification": 2, "rerank": 1}.get(task, 1)  # classifiers: texts alone and pairs
+    # Classifiers: texts alone and pairs; embedders: texts alone, then asked for half the dimensions
+    # (verify's option checks; tiny checkpoints name no prompts).
+    runs = {"sequence-classification": 2, "rerank": 1, "embeddings": 2}.get(task, 1)
     assert report.task == task and len(report.checks) == 2 * runs * len(MATRIX_TEXTS)
     if task in ("sequence-classification", "rerank"):  # the pair-classification column, and rerankers
         assert sum(" | " in check.text for check in report.checks) == 2 * len(MATRIX_TEXTS)
