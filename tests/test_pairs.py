@@ -337,3 +337,22 @@ def test_gateway_rerank_routes_answer_with_the_served_reranker(pair_server):
         assert answer["usage"]["total_tokens"] > len(DOCUMENTS)
         assert_openai_error(post(gateway.url, "/v1/rerank", {"model": PAIRS, "query": QUERY, "documents": ["a"]}),
                             400, "is not a reranker")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_request_carries_text_pair_and_request_parameters_together(protocol):
+    """Pairs (this branch) and KServe request parameters (prompts, dimensions) share one request."""
+    from hf2triton.client.transport import Transport, parse_endpoint
+
+    transport = Transport(parse_endpoint("127.0.0.1:1", protocol), "m", asynchronous=False, timeout_s=1.0)
+    texts = np.array([[b"a"], [b"b"]], dtype=object)
+    request = transport.request(texts, ["SCORES"], texts[::-1], {"dimensions": 8})
+    assert [tensor.name() for tensor in request.inputs] == ["TEXT", "TEXT_PAIR"]
+    assert dict(request.parameters) == {"dimensions": 8}
+    assert [tensor.name() for tensor in transport.request(texts, ["SCORES"]).inputs] == ["TEXT"]
+
+
+def test_infer_takes_text_pair_and_parameters_by_keyword_only():
+    with Client("127.0.0.1:1", model="m") as client:
+        with pytest.raises(TypeError):
+            client.infer(["a"], ["b"])  # Client.infer(texts, *, text_pair=..., parameters=...)
