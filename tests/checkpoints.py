@@ -90,7 +90,8 @@ CALIBRATION_TEXTS = (
 # Logit spread per task. A random tiny model's [CLS] vectors differ little between texts, so a
 # head that separates them amplifies float rounding (ONNX vs PyTorch) by ~1000×: keep sentence
 # logits close (labels still differ, parity stays within 1e-4); token vectors differ more.
-HEAD_SPREAD = {"sequence-classification": 0.3, "token-classification": 3.0}
+HEAD_SPREAD = {"sequence-classification": 0.3, "token-classification": 3.0, "rerank": 1.0}
+RERANK_LABELS = {0: "LABEL_0"}  # a cross-encoder: one output label (sentence-transformers CrossEncoder)
 
 
 def calibrate_head(model: torch.nn.Module, tokenizer_dir: Path, num_labels: int, spread: float) -> None:
@@ -120,8 +121,13 @@ def calibrate_head(model: torch.nn.Module, tokenizer_dir: Path, num_labels: int,
 
 
 def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-classification",
-                 labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer encoder of ``model_type`` with a real tokenizer."""
+                 labels: dict[int, str] = SENTIMENT_LABELS, multi_label: bool = False, seed: int = 0,
+                 activation: str | None = None) -> Path:
+    """A randomly initialised 2-layer encoder of ``model_type`` with a real tokenizer.
+
+    ``task="rerank"``: a one-label sequence classifier (a cross-encoder); ``activation`` (a
+    torch class path) is written where sentence-transformers' ``CrossEncoder`` reads it.
+    """
     destination.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     extra: dict = {}
@@ -135,7 +141,9 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
     config = transformers.AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type], **extra)
     if task == "token-classification" and labels is SENTIMENT_LABELS:
         labels = NER_LABELS
-    if task in ("sequence-classification", "token-classification"):
+    if task == "rerank":
+        labels = RERANK_LABELS
+    if task in ("sequence-classification", "token-classification", "rerank"):
         config.num_labels = len(labels)
         config.id2label = dict(labels)
         config.label2id = {v: k for k, v in labels.items()}
@@ -143,12 +151,17 @@ def tiny_encoder(destination: Path, model_type: str, task: str = "sequence-class
             config.problem_type = "multi_label_classification"
     auto_class = {
         "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "rerank": transformers.AutoModelForSequenceClassification,
         "token-classification": transformers.AutoModelForTokenClassification,
     }.get(task, transformers.AutoModel)
     model = auto_class.from_config(config)
     if task != "embeddings":
         calibrate_head(model, destination, len(labels), HEAD_SPREAD[task])
     model.save_pretrained(destination)
+    if activation is not None:  # as sentence-transformers' CrossEncoder.save records its activation
+        raw = json.loads((destination / "config.json").read_text())
+        raw["sentence_transformers"] = {"activation_fn": activation}
+        (destination / "config.json").write_text(json.dumps(raw, indent=2))
     return destination
 
 

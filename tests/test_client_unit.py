@@ -150,7 +150,7 @@ def test_decode_rejects_label_count_mismatch_and_missing_outputs():
 
 def test_decode_unknown_task_names_supported_tasks():
     info = ModelInfo("ner", "some-future-task", (), False, 4, 0, 0)
-    with pytest.raises(ClientError, match="'some-future-task'.*embeddings, sequence-classification"):
+    with pytest.raises(ClientError, match="'some-future-task'.*embeddings, rerank, sequence-classification"):
         decode_outputs(info, {})
 
 
@@ -419,8 +419,8 @@ def test_connect_closes_client_and_raises_when_not_ready():
 
 
 PUBLIC_API = {
-    "DEFAULT_MODEL", "TASK_EMBEDDINGS", "TASK_SEQUENCE_CLASSIFICATION", "TASK_TOKEN_CLASSIFICATION",
-    "ModelInfo", "Embedding", "Classification", "Entity", "Entities", "Result",
+    "DEFAULT_MODEL", "TASK_EMBEDDINGS", "TASK_SEQUENCE_CLASSIFICATION", "TASK_TOKEN_CLASSIFICATION", "TASK_RERANK",
+    "ModelInfo", "Embedding", "Classification", "Entity", "Entities", "Score", "RerankResult", "Result",
     "Client", "AsyncClient", "connect", "Endpoint", "TLSOptions", "parse_endpoint",
     "encode_texts", "chunk", "decode_outputs", "model_info_from_config", "to_client_error",
 }

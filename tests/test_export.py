@@ -42,9 +42,12 @@ def test_every_config_parses_and_the_ensemble_is_wired(repository):
     for name in (DEFAULT, SENTIMENT, TOPICS, NER, f"{TOPICS}_int8_qdq"):
         ensemble = parsed[name]
         assert ensemble.platform == "ensemble"
-        assert [i.name for i in ensemble.input] == [contract.INPUT_TEXT]
-        assert ensemble.input[0].data_type == pb.TYPE_STRING
-        available = {contract.INPUT_TEXT}
+        classifier = ensemble.parameters[contract.PARAM_TASK].string_value == "sequence-classification"
+        pair = [contract.INPUT_TEXT_PAIR] if classifier else []  # optional: single texts keep working
+        assert [i.name for i in ensemble.input] == [contract.INPUT_TEXT, *pair]
+        assert [i.optional for i in ensemble.input] == [False, *[True for _ in pair]]
+        assert {i.data_type for i in ensemble.input} == {pb.TYPE_STRING}
+        available = {contract.INPUT_TEXT, *pair}
         for step in ensemble.ensemble_scheduling.step:
             step_config = parsed[step.model_name]
             assert set(step.input_map) == {t.name for t in step_config.input}

@@ -15,6 +15,8 @@ from hf2triton.tasks import (
     EMBEDDINGS,
     METRIC_COSINE,
     METRIC_LABELS,
+    METRIC_SCORES,
+    RERANK,
     SEQUENCE_CLASSIFICATION,
     TASKS,
     TOKEN_CLASSIFICATION,
@@ -30,7 +32,7 @@ def test_every_row_is_complete():
         assert task.name == name
         assert task.answer in RESULT_TYPES, name  # the client can decode it
         assert task.comparison.served in RESULT_TYPES, name  # verify can compare it
-        assert task.comparison.metric in (METRIC_COSINE, METRIC_LABELS), name
+        assert task.comparison.metric in (METRIC_COSINE, METRIC_LABELS, METRIC_SCORES), name
         assert 0 < task.comparison.parity_threshold <= 1, name
         assert task.served_outputs[-1] == contract.OUTPUT_TRUNCATED, name
         assert task.pooled != task.labelled, name  # an answer is a pooled vector or labels
@@ -61,6 +63,15 @@ def test_label_agreement_with_and_without_tie_tolerance():
     np.testing.assert_array_equal(tolerant, [1.0, 1.0, 0.0])  # row 0: the reference cannot tell them apart
     np.testing.assert_array_equal(labels_agree(reference, candidate, 0.02), [True, True, False])
     assert SEQUENCE_CLASSIFICATION.comparison.parity_value(tolerant) == pytest.approx(2 / 3)
+
+
+def test_rerank_scores_agree_only_within_tolerance():
+    reference = np.array([[0.5], [0.1], [0.9]])
+    candidate = np.array([[0.50005], [0.2], [0.9]])
+    np.testing.assert_array_equal(RERANK.comparison.scores(reference, candidate), [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(RERANK.comparison.scores(reference, candidate, atol=0.2), [1.0, 1.0, 1.0])
+    assert RERANK.comparison.parity_metric == RERANK.comparison.accuracy_metric == "score_agreement"
+    assert RERANK.text_pairs and SEQUENCE_CLASSIFICATION.text_pairs and not EMBEDDINGS.text_pairs
 
 
 def test_multi_label_agreement_compares_every_label_decision():

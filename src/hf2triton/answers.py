@@ -28,4 +28,6 @@ def answers(task: Task, raw: np.ndarray, attention_mask: np.ndarray, pooling_mod
     values = comparable(task, raw, attention_mask, pooling_mode)
     if task.pooled:
         return values
+    if task.single_label:  # a softmax over one logit is always 1: compare the relevance score itself
+        return postprocess.sigmoid(values).astype(np.float32)
     return (postprocess.sigmoid(values) if multi_label else postprocess.softmax(values)).astype(np.float32)

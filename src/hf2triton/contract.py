@@ -1,7 +1,8 @@
 """Names shared by the repository writer, the served steps and the client.
 
-The served ensemble ``NAME`` takes ``TEXT`` (BYTES, one UTF-8 text per batch row)
-and returns task outputs plus ``TRUNCATED`` (BOOL, whether the text was cut to the
+The served ensemble ``NAME`` takes ``TEXT`` (BYTES, one UTF-8 text per batch row),
+for sequence classifiers and rerankers optionally ``TEXT_PAIR`` (the second text of
+each row: a text pair, or the document a query is scored against), and returns task outputs plus ``TRUNCATED`` (BOOL, whether the text was cut to the
 model's max length). Settings a client needs (task, labels, limits) are published
 as parameters of the ensemble's model config, so any Triton client can read them.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 DEFAULT_MODEL_NAME = "all_minilm_l6_v2"  # the ensemble name of the embedded default model
 
 INPUT_TEXT = "TEXT"
+INPUT_TEXT_PAIR = "TEXT_PAIR"  # optional, same shape as TEXT: tokenized as tokenizer(text, text_pair)
 OUTPUT_TRUNCATED = "TRUNCATED"
 OUTPUT_EMBEDDING = "EMBEDDING"
 OUTPUT_LABEL = "LABEL"
@@ -37,6 +39,8 @@ PARAM_AGGREGATION = "hf2triton.aggregation"  # token classification: none/simple
 PARAM_MAX_TEXT_BYTES = "hf2triton.max_text_bytes"
 PARAM_MAX_SEQUENCE_LENGTH = "hf2triton.max_sequence_length"
 PARAM_VERSION = "hf2triton.version"
+PARAM_TEXT_PAIR = "hf2triton.text_pair"  # "true" when the model takes TEXT_PAIR
+PARAM_ACTIVATION = "hf2triton.activation"  # rerank: what turns the logit into SCORES (sigmoid/identity/tanh)
 PARAM_PROMPTS = "hf2triton.prompts"  # JSON object: prompt name -> prompt text
 PARAM_DEFAULT_PROMPT = "hf2triton.default_prompt_name"  # "" = none
 PARAM_STRIDE = "hf2triton.stride"  # tokens shared by consecutive windows ("0" when not windowed)

@@ -22,10 +22,12 @@ from hf2triton import contract
 ANSWER_EMBEDDING = "embedding"  # one pooled vector (hf2triton.client.Embedding)
 ANSWER_CLASSIFICATION = "classification"  # top label + every label's probability (Classification)
 ANSWER_ENTITIES = "entities"  # a JSON list of entities (Entities)
+ANSWER_SCORE = "score"  # one relevance score per (query, document) pair (client.Score)
 
 # How two answers to the same texts are compared (parity, accuracy guard, verify).
 METRIC_COSINE = "cosine"  # pooled embeddings: cosine per text
 METRIC_LABELS = "label_agreement"  # classifiers: top labels agree (per text, or per real token)
+METRIC_SCORES = "score_agreement"  # rerankers: every score within atol of the reference's
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,14 @@ class Comparison:
         """The name the parity report gives its figure (kept stable: it is written to JSON)."""
         if self.metric == METRIC_COSINE:
             return "min_cosine"
+        if self.metric == METRIC_SCORES:
+            return METRIC_SCORES
         return "token_label_agreement" if self.per_token else "label_agreement"
 
     @property
     def accuracy_metric(self) -> str:
         """The accuracy guard's figure: mean cosine, or the fraction of agreeing labels."""
-        return "mean_cosine" if self.metric == METRIC_COSINE else "label_agreement"
+        return {METRIC_COSINE: "mean_cosine", METRIC_SCORES: METRIC_SCORES}.get(self.metric, "label_agreement")
 
     def parity_value(self, scores: np.ndarray) -> float:
         """The parity figure over all rows: the worst cosine, or the fraction of agreeing labels."""
@@ -82,6 +86,9 @@ class Comparison:
         """
         if self.metric == METRIC_COSINE:
             return cosines(reference, candidate)
+        if self.metric == METRIC_SCORES:  # a score is its own answer: it must agree within atol
+            limit = 1e-4 if atol is None else atol
+            return (np.abs(reference - candidate) <= limit).all(axis=1).astype(np.float64)
         if multi_label:
             return ((reference >= 0.5) == (candidate >= 0.5)).all(axis=1).astype(np.float64)
         return labels_agree(reference, candidate, atol).astype(np.float64)
@@ -118,6 +125,12 @@ class Task:
     comparison: Comparison  # how parity, the accuracy guard and verify compare two answers
     pooled: bool  # the answer pools hidden states over tokens (sentence-transformers pooling applies)
     labelled: bool  # the checkpoint must name its labels (id2label); HIDDEN is then the label count
+    # Takes an optional second text per row (TEXT_PAIR), tokenized with the checkpoint's pair template.
+    text_pairs: bool = False
+    single_label: bool = False  # one output label (a cross-encoder's relevance logit), not classes
+    # An empty TEXT_PAIR means "no pair": transformers' tokenizer(text, text_pair="") (and so the
+    # text-classification pipeline) encodes the text alone; CrossEncoder scores an empty document.
+    empty_pair_alone: bool = False
 
     @property
     def served_outputs(self) -> tuple[str, ...]:
@@ -158,6 +171,28 @@ SEQUENCE_CLASSIFICATION = Task(
     comparison=Comparison(METRIC_LABELS, per_token=False, parity_threshold=1.0, served=ANSWER_CLASSIFICATION),
     pooled=False,
     labelled=True,
+    text_pairs=True,
+    empty_pair_alone=True,
+)
+
+# A cross-encoder (sentence-transformers CrossEncoder): one logit per (query, document) pair, turned
+# into a score by the checkpoint's activation (sigmoid by default). Chosen for sequence classifiers
+# with one label (see hf2triton.export.checkpoint.detect_task), or with --task rerank.
+RERANK = Task(
+    name="rerank",
+    auto_model="AutoModelForSequenceClassification",
+    architecture_suffixes=(),
+    model_output="logits",
+    model_output_has_sequence_axis=False,
+    postprocess_inputs=("logits",),
+    token_alignment=False,
+    outputs=(OutputTensor(contract.OUTPUT_SCORES, "TYPE_FP32", (1,)),),
+    answer=ANSWER_SCORE,
+    comparison=Comparison(METRIC_SCORES, per_token=False, parity_threshold=1.0, served=ANSWER_SCORE),
+    pooled=False,
+    labelled=True,  # id2label has the one label (LABEL_0): the logit width the steps check
+    text_pairs=True,
+    single_label=True,
 )
 
 # Entities are ragged (any number per text): one JSON document per text needs no padding.
@@ -183,7 +218,7 @@ TOKEN_CLASSIFICATION = Task(
     labelled=True,
 )
 
-TASKS: dict[str, Task] = {t.name: t for t in (EMBEDDINGS, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)}
+TASKS: dict[str, Task] = {t.name: t for t in (EMBEDDINGS, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, RERANK)}
 
 
 def task_for_architectures(architectures: tuple[str, ...]) -> Task | None:

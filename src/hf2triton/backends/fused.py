@@ -52,35 +52,43 @@ class AnswerSettings:
     normalize: bool = True
     labels: tuple[str, ...] = ()
     multi_label: bool = False
+    activation: str = ""  # rerank: the cross-encoder's activation
 
     @classmethod
     def from_json(cls, text: str) -> "AnswerSettings":
         raw = json.loads(text)
         return cls(raw["task"], raw["model_output"], raw.get("pooling", "mean"), bool(raw.get("normalize", True)),
-                   tuple(raw.get("labels", ())), bool(raw.get("multi_label", False)))
+                   tuple(raw.get("labels", ())), bool(raw.get("multi_label", False)), raw.get("activation", ""))
 
     def to_json(self) -> str:
         return json.dumps({"task": self.task, "model_output": self.model_output, "pooling": self.pooling,
                            "normalize": self.normalize, "labels": list(self.labels),
-                           "multi_label": self.multi_label})
+                           "multi_label": self.multi_label, "activation": self.activation})
 
 
 def answer(hidden_or_logits: np.ndarray, mask: np.ndarray, settings: AnswerSettings) -> dict[str, np.ndarray]:
     """Task outputs for one bucket's rows."""
     if settings.task == "embeddings":
         return {EMBEDDING_OUTPUT: postprocess.embed(hidden_or_logits, mask, settings.pooling, settings.normalize)}
+    if settings.task == "rerank":
+        return {postprocess.SCORES_OUTPUT: postprocess.relevance(hidden_or_logits, settings.activation)}
     probs, top = postprocess.classify(hidden_or_logits, list(settings.labels), settings.multi_label)
     return {postprocess.LABEL_OUTPUT: top.reshape(-1, 1), postprocess.SCORES_OUTPUT: probs}
 
 
 def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,
-              truncated_output: str = "TRUNCATED", max_batch_tokens: int = 0) -> dict[str, np.ndarray]:
+              truncated_output: str = "TRUNCATED", max_batch_tokens: int = 0,
+              pairs: list | None = None) -> dict[str, np.ndarray]:
     """The whole pipeline on ``texts``: one tokenizer call, then one ONNX Runtime call per sub-batch.
 
     ``encoder`` is a loaded ``tokenizers.Tokenizer``; outputs come back in text order.
     Sub-batches: texts sorted by length under ``max_batch_tokens`` (> 0), else by bucket.
+    ``pairs`` (optional) holds each text's second text, or None for a text sent alone.
     """
-    encodings = tokenizer.tokenize(encoder, texts, token_settings)
+    if pairs is not None and any(pair is not None for pair in pairs):
+        encodings = tokenizer.tokenize_mixed(encoder, texts, pairs, token_settings)
+    else:
+        encodings = tokenizer.tokenize(encoder, texts, token_settings)
     lengths = np.array([len(encoding.ids) for encoding in encodings], dtype=np.int64)
     if max_batch_tokens > 0:
         groups = [(indices, int(lengths[indices].max())) for indices in
@@ -124,23 +132,28 @@ class TritonPythonModel:
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
+        self.pair_input = next((t["name"] for t in config["input"] if t["name"] == tokenizer.PAIR_INPUT), None)
+        self.empty_pair_alone = params.get("empty_pair_alone", "false") == "true"
         self.text_options = tokenizer.TextOptions.from_json(params.get("text_options", "{}"))
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        texts_per_request, valid, dimensions = [], [], []
+        texts_per_request, pairs_per_request, valid, dimensions = [], [], [], []
         for i, request in enumerate(requests):
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
                 texts = tokenizer.decode_texts(raw, self.token_settings.max_text_bytes)
                 parameters = tokenizer.request_parameters(request.parameters())
                 prompt = tokenizer.resolve_prompt(parameters, self.text_options)  # also checks dimensions
+                pairs = tokenizer.request_pairs(request, self.pair_input, len(texts), self.token_settings,
+                                                self.empty_pair_alone)
                 texts_per_request.append([prompt + text for text in texts] if prompt else texts)
+                pairs_per_request.append(pairs)
                 dimensions.append(parameters.get(tokenizer.PARAM_DIMENSIONS))
                 valid.append(i)
             except tokenizer.TextInputError as exc:
                 responses[i] = _error_response(str(exc), pb_utils.TritonError.INVALID_ARG)
-        for i, outputs, size in zip(valid, self._run(texts_per_request), dimensions):
+        for i, outputs, size in zip(valid, self._run(texts_per_request, pairs_per_request), dimensions):
             if isinstance(outputs, Exception):
                 responses[i] = _error_response(f"fused model failed on this request: {outputs}",
                                                pb_utils.TritonError.INTERNAL)
@@ -152,26 +165,28 @@ class TritonPythonModel:
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
-    def _run_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def _run_texts(self, texts: list[str], pairs: list | None = None) -> dict[str, np.ndarray]:
         return run_texts(self.session, self.token_settings, self.answer_settings, texts, self.encoder,
-                         self.truncated_output, self.max_batch_tokens)
+                         self.truncated_output, self.max_batch_tokens, pairs)
 
-    def _run(self, texts_per_request: list[list[str]]) -> list:
+    def _run(self, texts_per_request: list[list[str]], pairs_per_request: list) -> list:
         """Each request's outputs (or its exception): all in one run, else one run per request."""
+        pairs = [pair for texts, found in zip(texts_per_request, pairs_per_request)
+                 for pair in (found if found is not None else [None] * len(texts))]
         try:
-            outputs = self._run_texts([text for texts in texts_per_request for text in texts])
+            outputs = self._run_texts([text for texts in texts_per_request for text in texts], pairs)
         except Exception:  # noqa: BLE001 - isolate whichever request raised, whatever it raised
             logger.exception("a batched run of %d requests failed; retrying them one by one", len(texts_per_request))
-            return [self._run_one(texts) for texts in texts_per_request]
+            return [self._run_one(texts, found) for texts, found in zip(texts_per_request, pairs_per_request)]
         answers, start = [], 0
         for texts in texts_per_request:
             answers.append({name: outputs[name][start : start + len(texts)] for name in self.output_names})
             start += len(texts)
         return answers
 
-    def _run_one(self, texts: list[str]):
+    def _run_one(self, texts: list[str], pairs: list[str] | None = None):
         try:
-            return self._run_texts(texts)
+            return self._run_texts(texts, pairs)
         except Exception as exc:  # noqa: BLE001 - becomes this request's error response
             return exc
 

@@ -3,6 +3,7 @@
 embeddings: pooling over the attention mask (mean, cls, max, mean_sqrt_len) and
 optional L2 normalisation, as the checkpoint's sentence-transformers config says.
 sequence-classification: softmax (or sigmoid for multi-label) and the top label.
+rerank: the cross-encoder's one logit per pair through its activation (sigmoid by default).
 token-classification: entities as transformers' TokenClassificationPipeline finds them
 (aggregation none/simple/first/average/max, same words, spans and scores), one JSON
 list per text.
@@ -128,6 +129,22 @@ def classify(logits: np.ndarray, labels: list[str], multi_label: bool) -> tuple[
     probs = (sigmoid(logits) if multi_label else softmax(logits)).astype(np.float32)
     names = np.array([label.encode() for label in labels], dtype=object)
     return probs, names[probs.argmax(axis=1)]
+
+
+ACTIVATIONS = ("sigmoid", "identity", "tanh")  # a cross-encoder's (sentence-transformers CrossEncoder)
+
+
+def relevance(logits: np.ndarray, activation: str) -> np.ndarray:
+    """Rerank scores [n, 1] (float32) from one logit per pair, as ``CrossEncoder.predict`` applies it."""
+    if activation == "sigmoid":
+        scores = sigmoid(logits)
+    elif activation == "tanh":
+        scores = np.tanh(logits)
+    elif activation == "identity":
+        scores = logits
+    else:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return scores.astype(np.float32).reshape(-1, 1)
 
 
 # ----------------------------------------------------------------- token classification
@@ -476,10 +493,11 @@ class TritonPythonModel:
                 feed[SPECIAL_TOKENS_INPUT], feed["logits"], self.tokenizer, self.entity_settings,
             )
             return [pb_utils.Tensor(self.output_names[0], entities_tensor(entities))]
+        if self.task == "rerank":
+            return [pb_utils.Tensor(SCORES_OUTPUT, relevance(feed["logits"], self.settings["activation"]))]
         probs, top = classify(feed["logits"], self.settings["labels"], self.settings["multi_label"])
         by_name = {LABEL_OUTPUT: top.reshape(-1, 1), SCORES_OUTPUT: probs}
         return [pb_utils.Tensor(name, by_name[name]) for name in self.output_names]
-
 
     def _windowed_entities(self, sources: list[str], feed: dict[str, np.ndarray]) -> list[list[dict]]:
         owner = feed[WINDOW_TEXT].reshape(-1)

@@ -116,30 +116,48 @@ def choose_bucket(length: int, buckets: tuple[int, ...]) -> int:
     return buckets[-1]
 
 
-def decode_texts(raw: np.ndarray, max_text_bytes: int) -> list[str]:
+def decode_texts(raw: np.ndarray, max_text_bytes: int, name: str = "TEXT") -> list[str]:
     """Turn a BYTES tensor ([n] or [n, 1]) into strings, enforcing UTF-8, no NUL and the byte limit.
 
     Lone surrogates cannot pass: their UTF-8 form is invalid UTF-8.
     """
     if raw.dtype != object or raw.ndim not in (1, 2) or (raw.ndim == 2 and raw.shape[1] != 1):
-        raise TextInputError(f"TEXT must be a BYTES tensor of shape [n, 1], got {raw.dtype} {list(raw.shape)}")
+        raise TextInputError(f"{name} must be a BYTES tensor of shape [n, 1], got {raw.dtype} {list(raw.shape)}")
     texts = []
     for index, item in enumerate(raw.reshape(-1)):
         data = item if isinstance(item, bytes) else str(item).encode()
         if len(data) > max_text_bytes:
             raise TextInputError(
-                f"TEXT[{index}] is {len(data)} bytes, over the limit of {max_text_bytes} bytes per text"
+                f"{name}[{index}] is {len(data)} bytes, over the limit of {max_text_bytes} bytes per text"
             )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise TextInputError(
-                f"TEXT[{index}] is not valid UTF-8 (invalid byte at offset {exc.start})"
+                f"{name}[{index}] is not valid UTF-8 (invalid byte at offset {exc.start})"
             ) from None
         if "\0" in text:
-            raise TextInputError(f"TEXT[{index}] contains a NUL byte at offset {data.index(0)}; texts may not contain NUL bytes")
+            raise TextInputError(f"{name}[{index}] contains a NUL byte at offset {data.index(0)}; texts may not contain NUL bytes")
         texts.append(text)
     return texts
+
+
+PAIR_INPUT = "TEXT_PAIR"  # = hf2triton.contract.INPUT_TEXT_PAIR
+
+
+def alone_when_empty(pairs: list[str]) -> list:
+    """Empty second texts as None (the text alone), as transformers' ``tokenizer(text, text_pair="")``."""
+    return [pair if pair else None for pair in pairs]
+
+
+def decode_pairs(raw: np.ndarray, rows: int, max_text_bytes: int) -> list[str]:
+    """The ``TEXT_PAIR`` tensor as strings: one per ``TEXT`` row, under the same limits."""
+    pairs = decode_texts(raw, max_text_bytes, name=PAIR_INPUT)
+    if len(pairs) != rows:
+        raise TextInputError(
+            f"{PAIR_INPUT} has {len(pairs)} rows but TEXT has {rows}: send one {PAIR_INPUT} per TEXT"
+        )
+    return pairs
 
 
 # A long text is tokenized from a prefix of this many characters per max-length token
@@ -243,6 +261,70 @@ def alignment(encodings: list, width: int) -> dict[str, np.ndarray]:
             offsets[row, :length] = np.asarray(enc.offsets, dtype=np.int64).reshape(length, 2)
             special[row, :length] = enc.special_tokens_mask
     return {OFFSETS: offsets, SPECIAL_TOKENS: special}
+
+
+def bounded_prefixes(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[str]:
+    """Each text, or a prefix of it whose first ``max_length`` tokens are the whole text's.
+
+    The prefixes grow as in :func:`tokenize_bounded` until :func:`settled`. A pair keeps at
+    most ``max_length`` tokens of either side, and ``longest_first`` truncation only looks
+    at a side's length once it exceeds that: pairs of settled prefixes encode like the
+    whole texts, at a cost bounded by the max length.
+    """
+    result = list(texts)
+    size = PREFIX_CHARS_PER_TOKEN * max(max_length, 16)
+    pending = [i for i, text in enumerate(texts) if len(text) > size]
+    while pending:
+        pieces = [texts[i][:size] for i in pending]
+        unsettled = []
+        for i, piece, encoding in zip(pending, pieces, tokenizer.encode_batch(pieces, add_special_tokens=True)):
+            if settled(encoding):
+                result[i] = piece
+            else:
+                unsettled.append(i)
+        size *= PREFIX_GROWTH
+        pending = [i for i in unsettled if len(texts[i]) > size]  # the others stay whole
+    return result
+
+
+def tokenize_pairs(tokenizer: Tokenizer, texts: list[str], pairs: list[str], settings: TokenizerSettings) -> list:
+    """Encode ``(text, pair)`` rows as ``tokenizer(text, text_pair)`` does: the tokenizer's own pair
+    template (BERT ``[SEP]`` + token types, RoBERTa ``</s></s>``...), ``longest_first`` truncation."""
+    firsts = bounded_prefixes(tokenizer, texts, settings.max_length)
+    seconds = bounded_prefixes(tokenizer, pairs, settings.max_length)
+    return tokenizer.encode_batch(list(zip(firsts, seconds)), add_special_tokens=True)
+
+
+def tokenize_mixed(tokenizer: Tokenizer, texts: list[str], pairs: list, settings: TokenizerSettings) -> list:
+    """Encodings of rows that may have a second text (``pairs[i]`` a str) or not (None), in order."""
+    single = [i for i, pair in enumerate(pairs) if pair is None]
+    paired = [i for i, pair in enumerate(pairs) if pair is not None]
+    encodings: list = [None] * len(texts)
+    if single:
+        for i, encoding in zip(single, tokenize(tokenizer, [texts[i] for i in single], settings)):
+            encodings[i] = encoding
+    if paired:
+        found = tokenize_pairs(tokenizer, [texts[i] for i in paired], [pairs[i] for i in paired], settings)
+        for i, encoding in zip(paired, found):
+            encodings[i] = encoding
+    return encodings
+
+
+def encode_pair_requests(
+    tokenizer: Tokenizer, requests_texts: list[list[str]], requests_pairs: list, settings: TokenizerSettings
+) -> list[TokenBatch]:
+    """:func:`encode_requests` where a request may carry pairs (a list per request, or None)."""
+    if all(pairs is None for pairs in requests_pairs):
+        return encode_requests(tokenizer, requests_texts, settings)
+    flat = [text for texts in requests_texts for text in texts]
+    flat_pairs = [pair for texts, pairs in zip(requests_texts, requests_pairs)
+                  for pair in (pairs if pairs is not None else [None] * len(texts))]
+    encodings = tokenize_mixed(tokenizer, flat, flat_pairs, settings)
+    batches, start = [], 0
+    for texts in requests_texts:
+        batches.append(pad_to_bucket(encodings[start : start + len(texts)], settings))
+        start += len(texts)
+    return batches
 
 
 def encode_requests(
@@ -388,6 +470,9 @@ class TritonPythonModel:
         self.tokenizer = load_tokenizer(version_dir / "tokenizer.json", self.settings.max_length)
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
+        # Sequence classifiers and rerankers declare the optional TEXT_PAIR input.
+        self.pair_input = next((t["name"] for t in config["input"] if t["name"] == PAIR_INPUT), None)
+        self.empty_pair_alone = params.get("empty_pair_alone", "false") == "true"
         self.text_options = TextOptions.from_json(params.get("text_options", "{}"))
         self.emit_sources = any(tensor["name"] == WINDOW_SOURCE for tensor in config["output"])
         if self.text_options.windowed:
@@ -397,21 +482,23 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        texts_per_request, valid = [], []
+        texts_per_request, pairs_per_request, valid = [], [], []
         for i, request in enumerate(requests):
             raw = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
             try:
                 texts = decode_texts(raw, self.settings.max_text_bytes)
                 prompt = resolve_prompt(request_parameters(request.parameters()), self.text_options)
+                pairs = request_pairs(request, self.pair_input, len(texts), self.settings, self.empty_pair_alone)
                 texts_per_request.append([prompt + text for text in texts] if prompt else texts)
+                pairs_per_request.append(pairs)
                 valid.append(i)
             except TextInputError as exc:
                 responses[i] = _error_response(str(exc))
-        if self.text_options.windowed:
+        if self.text_options.windowed:  # windowed tasks take no TEXT_PAIR (their configs declare none)
             for i, texts in zip(valid, texts_per_request):
                 responses[i] = self._windows_response(texts)
             return responses
-        for i, batch in zip(valid, self._encode(texts_per_request)):
+        for i, batch in zip(valid, self._encode(texts_per_request, pairs_per_request)):
             if isinstance(batch, Exception):
                 responses[i] = _error_response(f"tokenizer step failed on this request: {batch}", internal=True)
                 continue
@@ -434,19 +521,31 @@ class TritonPythonModel:
         tensors.append(pb_utils.Tensor(self.truncated_output, windows.truncated.reshape(-1, 1)))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    def _encode(self, texts_per_request: list[list[str]]) -> list:
+    def _encode(self, texts_per_request: list[list[str]], pairs_per_request: list) -> list:
         """All requests in one call; if that raises, each on its own so only the culprit fails."""
         try:
-            return encode_requests(self.tokenizer, texts_per_request, self.settings)
+            return encode_pair_requests(self.tokenizer, texts_per_request, pairs_per_request, self.settings)
         except Exception:  # noqa: BLE001 - isolate whichever request raised, whatever it raised
             logger.exception("batched tokenization failed; retrying request by request")
         batches: list = []
-        for texts in texts_per_request:
+        for texts, pairs in zip(texts_per_request, pairs_per_request):
             try:
-                batches.extend(encode_requests(self.tokenizer, [texts], self.settings))
+                batches.extend(encode_pair_requests(self.tokenizer, [texts], [pairs], self.settings))
             except Exception as exc:  # noqa: BLE001
                 batches.append(exc)
         return batches
+
+
+def request_pairs(request, pair_input: str | None, rows: int, settings: TokenizerSettings,
+                  empty_alone: bool = False) -> list | None:
+    """A request's ``TEXT_PAIR`` strings, or None when it sent none (or the model takes none:
+    Triton itself refuses an input the model's config does not declare). With ``empty_alone``
+    an empty string is None: that row's text is encoded alone."""
+    tensor = pb_utils.get_input_tensor_by_name(request, pair_input) if pair_input else None
+    if tensor is None:
+        return None
+    pairs = decode_pairs(tensor.as_numpy(), rows, settings.max_text_bytes)
+    return alone_when_empty(pairs) if empty_alone else pairs
 
 
 def _error_response(message: str, internal: bool = False):

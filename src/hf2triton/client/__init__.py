@@ -14,7 +14,9 @@ typed results::
         vectors = client.embed(["first text", "second text"])  # float32 [2, H]
 
 ``classify`` returns :class:`Classification` and ``entities`` :class:`Entities` (token
-classification: each :class:`Entity` with its label, score and character span).
+classification: each :class:`Entity` with its label, score and character span);
+``classify(texts, text_pair=...)`` classifies text pairs, and ``rerank(query, documents)``
+scores documents with a cross-encoder, best first (:class:`RerankResult`).
 
 :class:`AsyncClient` has the same API with ``async`` methods and sends the
 chunks of one call concurrently. Every failure is raised as a
@@ -43,7 +45,9 @@ from hf2triton.client.results import (
     Entities,
     Entity,
     ModelInfo,
+    RerankResult,
     Result,
+    Score,
     decode_outputs,
     model_info_from_config,
 )
@@ -54,17 +58,21 @@ from hf2triton.client.transport import Endpoint, TLSOptions, parse_endpoint, to_
 TASK_EMBEDDINGS = _tasks.EMBEDDINGS.name
 TASK_SEQUENCE_CLASSIFICATION = _tasks.SEQUENCE_CLASSIFICATION.name
 TASK_TOKEN_CLASSIFICATION = _tasks.TOKEN_CLASSIFICATION.name
+TASK_RERANK = _tasks.RERANK.name
 
 __all__ = [
     "DEFAULT_MODEL",
     "TASK_EMBEDDINGS",
     "TASK_SEQUENCE_CLASSIFICATION",
     "TASK_TOKEN_CLASSIFICATION",
+    "TASK_RERANK",
     "ModelInfo",
     "Embedding",
     "Classification",
     "Entity",
     "Entities",
+    "Score",
+    "RerankResult",
     "Result",
     "Client",
     "AsyncClient",

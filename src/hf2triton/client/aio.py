@@ -13,7 +13,7 @@ import numpy as np
 from hf2triton import tasks
 from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll, embedding_parameters
 from hf2triton.client.inputs import as_list
-from hf2triton.client.results import Classification, Entities, ModelInfo, Result
+from hf2triton.client.results import Classification, Entities, ModelInfo, RerankResult, Result
 from hf2triton.client.transport import Request
 from hf2triton.errors import ClientError, OptionsError, ServerUnavailableError
 
@@ -97,12 +97,16 @@ class AsyncClient(ClientBase):
     async def _info_or_fetch(self) -> ModelInfo:
         return self._info if self._info is not None else await self.fetch_info()
 
-    async def infer(self, texts: Sequence[str] | str, *, parameters: dict[str, Any] | None = None) -> list[Result]:
-        """One result per text, in order; chunks are sent concurrently."""
+    async def infer(self, texts: Sequence[str] | str, *, text_pair: Sequence[str] | str | None = None,
+                    parameters: dict[str, Any] | None = None) -> list[Result]:
+        """One result per text, in order; chunks are sent concurrently. ``text_pair`` (optional):
+        a second text per text, for models that take pairs (sequence classifiers, rerankers);
+        ``parameters``: KServe v2 request parameters (e.g. an embedder's prompt_name, dimensions)."""
         batch = self._encode(texts)
+        pair = self._encode_pairs(text_pair, len(batch))
         if not len(batch):
             return []
-        plan = self._plan(await self._info_or_fetch(), batch, parameters)
+        plan = self._plan(await self._info_or_fetch(), batch, pair, parameters)
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def send(request: Request) -> list[Result]:
@@ -122,13 +126,14 @@ class AsyncClient(ClientBase):
         return [result for part in parts for result in part]
 
     async def _typed_call(
-        self, texts: Sequence[str] | str, answer: str, method: str, parameters: dict[str, Any] | None = None
+        self, texts: Sequence[str] | str, answer: str, method: str,
+        text_pair: Sequence[str] | str | None = None, parameters: dict[str, Any] | None = None,
     ) -> Any:
         items = as_list(texts)
         if not items:
             return self._typed(answer, [])
         self._check_answer(await self._info_or_fetch(), answer, method)
-        return self._typed(answer, await self.infer(items, parameters=parameters))
+        return self._typed(answer, await self.infer(items, text_pair=text_pair, parameters=parameters))
 
     async def embed(
         self, texts: Sequence[str] | str, *, prompt_name: str | None = None, dimensions: int | None = None
@@ -140,11 +145,32 @@ class AsyncClient(ClientBase):
         (Matryoshka, as ``truncate_dim``).
         """
         parameters = embedding_parameters(prompt_name, dimensions)
-        return await self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed", parameters)
+        return await self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed", parameters=parameters)
 
-    async def classify(self, texts: Sequence[str] | str) -> list[Classification]:
-        """Classifications, one per text; the model's task must be ``sequence-classification``."""
-        return await self._typed_call(texts, tasks.ANSWER_CLASSIFICATION, "classify")
+    async def classify(
+        self, texts: Sequence[str] | str, text_pair: Sequence[str] | str | None = None
+    ) -> list[Classification]:
+        """Classifications, one per text; the model's task must be ``sequence-classification``.
+
+        ``text_pair[i]`` (optional) is classified together with ``texts[i]``, as transformers'
+        ``pipeline("text-classification")({"text": texts[i], "text_pair": text_pair[i]})``.
+        """
+        return await self._typed_call(texts, tasks.ANSWER_CLASSIFICATION, "classify", text_pair)
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None, return_documents: bool = False
+    ) -> list[RerankResult]:
+        """``documents`` scored against ``query`` by a reranker (task ``rerank``), best first.
+
+        Each :class:`RerankResult` names the document's ``index`` in ``documents``; ``top_n``
+        keeps the best n, ``return_documents`` adds the texts. Long lists are sent in
+        requests of the server's ``max_batch_size``.
+        """
+        queries, items = self._rerank_pairs(query, documents, top_n)
+        if not items:
+            return []
+        return self._ranked(await self._typed_call(queries, tasks.ANSWER_SCORE, "rerank", items),
+                            items, top_n, return_documents)
 
     async def entities(self, texts: Sequence[str] | str) -> list[Entities]:
         """Entities per text; the model's task must be ``token-classification``."""

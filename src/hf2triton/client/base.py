@@ -18,18 +18,21 @@ from typing import Any
 import numpy as np
 
 from hf2triton import contract, tasks
-from hf2triton.client.inputs import check_sizes, chunk, encode_texts
+from hf2triton.client.inputs import as_list, check_sizes, chunk, encode_pairs, encode_texts
 from hf2triton.client.results import (
     RESULT_TYPES,
     ModelInfo,
+    RerankResult,
     Result,
+    Score,
     decode_outputs,
     model_info_from_config,
+    ranked,
     stack_embeddings,
     task_of,
 )
 from hf2triton.client.transport import Request, Transport, output_arrays, parse_endpoint
-from hf2triton.errors import ClientError, ServerUnavailableError
+from hf2triton.errors import ClientError, InvalidInputError, OptionsError, ServerUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +130,40 @@ class ClientBase:
         self._check_open()
         return encode_texts(texts)  # type and UTF-8 errors surface before any request
 
-    def _plan(self, info: ModelInfo, batch: np.ndarray, parameters: dict[str, Any] | None = None) -> Plan:
+    def _encode_pairs(self, text_pair: Sequence[str] | str | None, rows: int) -> np.ndarray | None:
+        return None if text_pair is None else encode_pairs(text_pair, rows)
+
+    def _plan(self, info: ModelInfo, batch: np.ndarray, pair: np.ndarray | None = None,
+              parameters: dict[str, Any] | None = None) -> Plan:
         outputs = task_of(info).served_outputs
         check_sizes(batch, info.max_text_bytes)
+        if pair is not None:
+            if not info.text_pair:
+                raise InvalidInputError(
+                    f"invalid input: model {self.model!r} ({info.task}) takes no text pairs; send texts alone"
+                )
+            check_sizes(pair, info.max_text_bytes)
         parts = chunk(batch, info.max_batch_size)
+        pairs = chunk(pair, info.max_batch_size) if pair is not None else [None] * len(parts)
         logger.debug("%s: %d texts in %d requests to %s", self.model, len(batch), len(parts), self.url)
-        return Plan(info, tuple(self._transport.request(part, outputs, parameters) for part in parts))
+        requests = (self._transport.request(part, outputs, p, parameters) for part, p in zip(parts, pairs))
+        return Plan(info, tuple(requests))
+
+    @staticmethod
+    def _rerank_pairs(query: str, documents: Sequence[str], top_n: int | None) -> tuple[list[str], list[str]]:
+        """The (query, document) columns of a rerank call; bad arguments raise before any request."""
+        if not isinstance(query, str):
+            raise InvalidInputError(f"invalid input: query is {type(query).__name__}, expected str")
+        items = as_list(documents)
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise OptionsError(f"top_n must be a positive integer or None, got {top_n!r}")
+        return [query] * len(items), items
+
+    @staticmethod
+    def _ranked(results: list[Result], documents: list[str], top_n: int | None,
+                return_documents: bool) -> list[RerankResult]:
+        scores = [r for r in results if isinstance(r, Score)]
+        return ranked(scores, documents, top_n, return_documents)
 
     def _remember(self, config: Any) -> ModelInfo:
         self._info = model_info_from_config(self.model, config)

@@ -40,7 +40,7 @@ def _raise_problems(problems: list[str]) -> None:
         raise InvalidInputError(head + "; ".join(shown) + (f"; and {more} more" if more else ""))
 
 
-def encode_texts(texts: Sequence[str] | str, max_text_bytes: int = 0) -> np.ndarray:
+def encode_texts(texts: Sequence[str] | str, max_text_bytes: int = 0, name: str = "texts") -> np.ndarray:
     """Encode texts as UTF-8 into the ``TEXT`` tensor: an ``np.object_`` array ``[n, 1]`` of bytes.
 
     A single ``str`` is one text; ``""`` is a valid text. With ``max_text_bytes > 0``
@@ -52,18 +52,28 @@ def encode_texts(texts: Sequence[str] | str, max_text_bytes: int = 0) -> np.ndar
     array = np.empty((len(items), 1), dtype=np.object_)
     for i, text in enumerate(items):
         if not isinstance(text, str):
-            problems.append(f"texts[{i}] is {type(text).__name__}, expected str")
+            problems.append(f"{name}[{i}] is {type(text).__name__}, expected str")
             continue
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            problems.append(f"texts[{i}] cannot be encoded as UTF-8 ({exc.reason} at position {exc.start})")
+            problems.append(f"{name}[{i}] cannot be encoded as UTF-8 ({exc.reason} at position {exc.start})")
             continue
         if 0 < max_text_bytes < len(data):
             problems.append(_too_long(i, len(data), max_text_bytes))
         array[i, 0] = data
     _raise_problems(problems)
     return array
+
+
+def encode_pairs(text_pair: Sequence[str] | str, rows: int) -> np.ndarray:
+    """The ``TEXT_PAIR`` tensor: one second text per text (``text_pair[i]`` goes with ``texts[i]``)."""
+    items = as_list(text_pair)
+    if len(items) != rows:
+        raise InvalidInputError(
+            f"invalid input: {len(items)} text_pair items for {rows} texts; send one text_pair per text"
+        )
+    return encode_texts(items, name="text_pair")
 
 
 def check_sizes(batch: np.ndarray, max_text_bytes: int) -> None:

@@ -35,6 +35,8 @@ class ModelInfo:
     max_text_bytes: int
     max_sequence_length: int
     aggregation: str = ""  # token classification: how token labels were grouped into entities
+    text_pair: bool = False  # the model takes a second text per row (TEXT_PAIR)
+    activation: str = ""  # rerank: what turned the logit into the score
     prompts: tuple[str, ...] = ()  # embeddings: the prompt names a request may give (``prompt_name``)
     default_prompt_name: str = ""  # the prompt applied when a request names none ("" = none)
     max_windows: int = 0  # > 0: long texts are served in up to this many windows, else truncated
@@ -99,13 +101,33 @@ class Entities:
     truncated: bool
 
 
-Result = Union[Embedding, Classification, Entities]
+@dataclass(frozen=True)
+class Score:
+    """One (query, document) pair's relevance score from a reranker (cross-encoder)."""
+
+    score: float
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One document of a :meth:`~hf2triton.client.Client.rerank` call: its position in the list
+    sent (``index``), its score, and the document itself when ``return_documents`` was asked."""
+
+    index: int
+    score: float
+    document: str | None = None
+    truncated: bool = False
+
+
+Result = Union[Embedding, Classification, Entities, Score]
 
 # The result type of each answer kind a task row can name.
 RESULT_TYPES: dict[str, type] = {
     tasks.ANSWER_EMBEDDING: Embedding,
     tasks.ANSWER_CLASSIFICATION: Classification,
     tasks.ANSWER_ENTITIES: Entities,
+    tasks.ANSWER_SCORE: Score,
 }
 
 
@@ -198,10 +220,27 @@ def _decode_entities(info: ModelInfo, outputs: Mapping[str, np.ndarray]) -> list
     return results
 
 
+def _decode_scores(info: ModelInfo, outputs: Mapping[str, np.ndarray]) -> list[Result]:
+    scores = _rows(outputs, contract.OUTPUT_SCORES, None)
+    if scores.ndim != 2 or scores.shape[1] != 1:
+        raise ClientError(f"output {contract.OUTPUT_SCORES!r} has shape {list(scores.shape)}, expected [n, 1]")
+    truncated = _truncated_flags(outputs, scores.shape[0])
+    return [Score(score=float(scores[i, 0]), truncated=truncated[i]) for i in range(scores.shape[0])]
+
+
+def ranked(scores: list[Score], documents: list[str], top_n: int | None, return_documents: bool) -> list[RerankResult]:
+    """Documents by score, best first (ties keep the order sent), at most ``top_n`` of them."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i].score)
+    kept = order if top_n is None else order[:top_n]
+    return [RerankResult(i, scores[i].score, documents[i] if return_documents else None, scores[i].truncated)
+            for i in kept]
+
+
 _DECODERS: dict[str, Callable[[ModelInfo, Mapping[str, np.ndarray]], list[Result]]] = {
     tasks.ANSWER_EMBEDDING: _decode_embeddings,
     tasks.ANSWER_CLASSIFICATION: _decode_classifications,
     tasks.ANSWER_ENTITIES: _decode_entities,
+    tasks.ANSWER_SCORE: _decode_scores,
 }
 
 
@@ -288,6 +327,8 @@ def model_info_from_config(name: str, config: Mapping[str, Any]) -> ModelInfo:
         max_text_bytes=_int_param(name, params, contract.PARAM_MAX_TEXT_BYTES),
         max_sequence_length=_int_param(name, params, contract.PARAM_MAX_SEQUENCE_LENGTH),
         aggregation=params.get(contract.PARAM_AGGREGATION, "").strip(),
+        text_pair=params.get(contract.PARAM_TEXT_PAIR, "false").strip().lower() == "true",
+        activation=params.get(contract.PARAM_ACTIVATION, "").strip(),
         prompts=tuple(_prompt_names(name, params)),
         default_prompt_name=params.get(contract.PARAM_DEFAULT_PROMPT, "").strip(),
         max_windows=_int_param(name, params, contract.PARAM_MAX_WINDOWS),

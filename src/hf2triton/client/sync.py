@@ -13,7 +13,7 @@ import numpy as np
 from hf2triton import tasks
 from hf2triton.client.base import DEFAULT_MODEL, ClientBase, ReadinessPoll, embedding_parameters
 from hf2triton.client.inputs import as_list
-from hf2triton.client.results import Classification, Entities, ModelInfo, Result
+from hf2triton.client.results import Classification, Entities, ModelInfo, RerankResult, Result
 from hf2triton.errors import ServerUnavailableError
 
 
@@ -92,12 +92,16 @@ class Client(ClientBase):
         """The model's :class:`ModelInfo`, read from the server on first use."""
         return self._info if self._info is not None else self.fetch_info()
 
-    def infer(self, texts: Sequence[str] | str, *, parameters: dict[str, Any] | None = None) -> list[Result]:
-        """One result per text, in order (a single ``str`` gives a list of one)."""
+    def infer(self, texts: Sequence[str] | str, *, text_pair: Sequence[str] | str | None = None,
+              parameters: dict[str, Any] | None = None) -> list[Result]:
+        """One result per text, in order (a single ``str`` gives a list of one). ``text_pair``
+        (optional): a second text per text, for models that take pairs (classifiers, rerankers);
+        ``parameters``: KServe v2 request parameters (e.g. an embedder's prompt_name, dimensions)."""
         batch = self._encode(texts)
+        pair = self._encode_pairs(text_pair, len(batch))
         if not len(batch):
             return []
-        plan = self._plan(self.info, batch, parameters)
+        plan = self._plan(self.info, batch, pair, parameters)
         results: list[Result] = []
         for request in plan.requests:
             with self._transport.translated():
@@ -106,13 +110,14 @@ class Client(ClientBase):
         return results
 
     def _typed_call(
-        self, texts: Sequence[str] | str, answer: str, method: str, parameters: dict[str, Any] | None = None
+        self, texts: Sequence[str] | str, answer: str, method: str,
+        text_pair: Sequence[str] | str | None = None, parameters: dict[str, Any] | None = None,
     ) -> Any:
         items = as_list(texts)
         if not items:
             return self._typed(answer, [])
         self._check_answer(self.info, answer, method)
-        return self._typed(answer, self.infer(items, parameters=parameters))
+        return self._typed(answer, self.infer(items, text_pair=text_pair, parameters=parameters))
 
     def embed(
         self, texts: Sequence[str] | str, *, prompt_name: str | None = None, dimensions: int | None = None
@@ -124,11 +129,32 @@ class Client(ClientBase):
         (Matryoshka, as ``truncate_dim``).
         """
         parameters = embedding_parameters(prompt_name, dimensions)
-        return self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed", parameters)
+        return self._typed_call(texts, tasks.ANSWER_EMBEDDING, "embed", parameters=parameters)
 
-    def classify(self, texts: Sequence[str] | str) -> list[Classification]:
-        """Classifications, one per text; the model's task must be ``sequence-classification``."""
-        return self._typed_call(texts, tasks.ANSWER_CLASSIFICATION, "classify")
+    def classify(
+        self, texts: Sequence[str] | str, text_pair: Sequence[str] | str | None = None
+    ) -> list[Classification]:
+        """Classifications, one per text; the model's task must be ``sequence-classification``.
+
+        ``text_pair[i]`` (optional) is classified together with ``texts[i]``, as transformers'
+        ``pipeline("text-classification")({"text": texts[i], "text_pair": text_pair[i]})``.
+        """
+        return self._typed_call(texts, tasks.ANSWER_CLASSIFICATION, "classify", text_pair)
+
+    def rerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None, return_documents: bool = False
+    ) -> list[RerankResult]:
+        """``documents`` scored against ``query`` by a reranker (task ``rerank``), best first.
+
+        Each :class:`RerankResult` names the document's ``index`` in ``documents``; ``top_n``
+        keeps the best n, ``return_documents`` adds the texts. Long lists are sent in
+        requests of the server's ``max_batch_size``.
+        """
+        queries, items = self._rerank_pairs(query, documents, top_n)
+        if not items:
+            return []
+        return self._ranked(self._typed_call(queries, tasks.ANSWER_SCORE, "rerank", items),
+                            items, top_n, return_documents)
 
     def entities(self, texts: Sequence[str] | str) -> list[Entities]:
         """Entities per text; the model's task must be ``token-classification``."""

@@ -316,14 +316,19 @@ class Transport:
             return self.connection().get_inference_statistics(model_name="", as_json=True)
         return self.connection().get_inference_statistics(model_name="")
 
-    def request(self, batch: np.ndarray, outputs: Sequence[str], parameters: Mapping[str, Any] | None = None) -> Request:
-        """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` and asking for ``outputs``,
-        with ``parameters`` as its KServe v2 request parameters."""
+    def request(self, batch: np.ndarray, outputs: Sequence[str], pair: np.ndarray | None = None,
+                parameters: Mapping[str, Any] | None = None) -> Request:
+        """A request sending ``batch`` (BYTES ``[n, 1]``) as ``TEXT`` (and ``pair`` as ``TEXT_PAIR``)
+        and asking for ``outputs``, with ``parameters`` as its KServe v2 request parameters."""
         module = self.module
-        text = module.InferInput(contract.INPUT_TEXT, list(batch.shape), "BYTES")
-        text.set_data_from_numpy(batch)
+        inputs = []
+        for name, array in ((contract.INPUT_TEXT, batch), (contract.INPUT_TEXT_PAIR, pair)):
+            if array is not None:
+                tensor = module.InferInput(name, list(array.shape), "BYTES")
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
         requested = tuple(module.InferRequestedOutput(name) for name in outputs)
-        return Request((text,), requested, tuple(outputs), tuple(sorted((parameters or {}).items())))
+        return Request(tuple(inputs), requested, tuple(outputs), tuple(sorted((parameters or {}).items())))
 
     def infer(self, request: Request) -> Any:
         extra = {"parameters": dict(request.parameters)} if request.parameters else {}

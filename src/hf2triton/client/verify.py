@@ -8,7 +8,13 @@ with what a user of the checkpoint would compute with transformers itself:
 - sequence-classification: top label and every probability of
   ``AutoModelForSequenceClassification`` (softmax, or sigmoid for multi-label);
 - token-classification: transformers' ``TokenClassificationPipeline`` with the served
-  aggregation: the same entities (label, start, end, word) with scores within tolerance.
+  aggregation: the same entities (label, start, end, word) with scores within tolerance;
+- rerank: ``sentence_transformers.CrossEncoder(checkpoint).predict(pairs)`` (its configured
+  activation): every score within ``Tolerance.rerank_atol``.
+
+Models that take text pairs (``TEXT_PAIR``) are checked on pairs too: each text with the
+text at the mirrored position (:func:`hf2triton.export.parity.text_pairs`), tokenized by
+the reference as ``tokenizer(text, text_pair)``; a reranker is checked on pairs only.
 
 The reference truncates at the served max length, as the served tokenizer does. What
 is compared is the task row's ``comparison.served`` (:mod:`hf2triton.tasks`); the
@@ -35,10 +41,10 @@ import numpy as np
 
 from hf2triton import tasks
 from hf2triton.client.base import embedding_parameters
-from hf2triton.client.results import Classification, Embedding, Entities, ModelInfo, Result
+from hf2triton.client.results import Classification, Embedding, Entities, ModelInfo, Result, Score
 from hf2triton.client.sync import Client
 from hf2triton.errors import CheckpointError
-from hf2triton.export.parity import VERIFY_TEXTS
+from hf2triton.export.parity import VERIFY_TEXTS, text_pairs
 from hf2triton.repository import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ PROTOCOLS = ("grpc", "http")
 class Tolerance:
     min_cosine: float = 0.9999  # embeddings
     score_atol: float = 1e-3  # probabilities and entity scores
+    rerank_atol: float = 1e-4  # rerank scores against CrossEncoder.predict
 
 
 @dataclass(frozen=True)
@@ -149,10 +156,11 @@ def _pooled(hidden, mask, mode: str):
 
 def reference_embeddings(
     checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
-    prompt_name: str | None = None, dimensions: int | None = None,
+    prompt_name: str | None = None, dimensions: int | None = None, pairs: Sequence[str] | None = None,
 ) -> np.ndarray:
     """sentence-transformers for its checkpoints (with ``prompt_name`` and ``truncate_dim``); else
-    AutoModel with the detected pooling; windowed deployments: :func:`reference_chunked`."""
+    AutoModel with the detected pooling; windowed deployments: :func:`reference_chunked`.
+    ``pairs`` is always None here: embedders take no text pairs."""
     import torch
 
     from hf2triton.export.checkpoint import sentence_transformers_pooling
@@ -210,21 +218,37 @@ def reference_chunked(
     return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
 
 
-def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> np.ndarray:
+def reference_probabilities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                            pairs: Sequence[str] | None = None) -> np.ndarray:
+    """Probabilities of ``AutoModelForSequenceClassification``; with ``pairs`` on ``tokenizer(text, pair)``
+    (``longest_first`` truncation), as ``pipeline("text-classification")`` computes them."""
     import torch
 
     tokenizer = _tokenizer(checkpoint, info.max_sequence_length)
     model = _load(task.auto_model, checkpoint)
+    if pairs is not None and task.empty_pair_alone and not all(pairs):
+        # The pipeline encodes a text with an empty text_pair alone (tokenizer(text, text_pair="")).
+        alone = [i for i, pair in enumerate(pairs) if not pair]
+        both = [i for i, pair in enumerate(pairs) if pair]
+        result = np.zeros((len(texts), len(info.labels) or 1))
+        if alone:
+            result[alone] = reference_probabilities(checkpoint, [texts[i] for i in alone], info, task)
+        if both:
+            result[both] = reference_probabilities(checkpoint, [texts[i] for i in both], info, task,
+                                                   [pairs[i] for i in both])
+        return result
     parts = []
-    for batch in _batches(texts):
-        encoded = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+    second = _batches(pairs) if pairs is not None else [None] * len(_batches(texts))
+    for batch, batch_pairs in zip(_batches(texts), second):
+        encoded = tokenizer(batch, batch_pairs, padding=True, truncation=True, return_tensors="pt")
         with torch.no_grad():
             logits = model(**encoded).logits
         parts.append((torch.sigmoid(logits) if info.multi_label else torch.softmax(logits, -1)).numpy())
     return np.concatenate(parts)
 
 
-def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task) -> list[list[dict]]:
+def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                       pairs: Sequence[str] | None = None) -> list[list[dict]]:
     from transformers import pipeline
 
     ner = pipeline(
@@ -238,6 +262,16 @@ def reference_entities(checkpoint: Path, texts: Sequence[str], info: ModelInfo, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "does not support real words": the pipeline's heuristic applies
         return [ner(text) if text else [] for text in texts]  # the pipeline refuses "" (served: no entities)
+
+
+def reference_scores(checkpoint: Path, texts: Sequence[str], info: ModelInfo, task: tasks.Task,
+                     pairs: Sequence[str] | None = None) -> np.ndarray:
+    """``CrossEncoder(checkpoint).predict`` on (text, pair) rows, truncated at the served max length."""
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(checkpoint), device="cpu", max_length=info.max_sequence_length)
+    rows = list(zip(texts, pairs if pairs is not None else [""] * len(texts)))
+    return np.asarray(model.predict(rows, batch_size=8, show_progress_bar=False), dtype=np.float64).reshape(-1)
 
 
 # ----------------------------------------------------------------- comparisons
@@ -284,11 +318,18 @@ def compare_entities(served: Result, expected: list[dict], info: ModelInfo, tole
     return diff <= tolerance.score_atol, f"{len(got)} entities, max |Δscore| {diff:.1e}"
 
 
+def compare_score(served: Result, expected: float, info: ModelInfo, tolerance: Tolerance) -> tuple[bool, str]:
+    if not isinstance(served, Score):
+        return _unexpected(served, Score)
+    diff = abs(served.score - float(expected))
+    return diff <= tolerance.rerank_atol, f"score {served.score:.6f} vs {float(expected):.6f}, |Δ| {diff:.1e}"
+
+
 @dataclass(frozen=True)
 class _Check:
     """How one kind of served answer is computed in PyTorch and compared."""
 
-    reference: Callable[[Path, Sequence[str], ModelInfo, tasks.Task], Sequence]
+    reference: Callable[..., Sequence]  # (checkpoint, texts, info, task, pairs=None)
     compare: Callable[[Result, Any, ModelInfo, Tolerance], tuple[bool, str]]
 
 
@@ -297,16 +338,17 @@ _CHECKS = {
     tasks.ANSWER_EMBEDDING: _Check(reference_embeddings, compare_embedding),
     tasks.ANSWER_CLASSIFICATION: _Check(reference_probabilities, compare_classification),
     tasks.ANSWER_ENTITIES: _Check(reference_entities, compare_entities),
+    tasks.ANSWER_SCORE: _Check(reference_scores, compare_score),
 }
 
 
 def served_answers(
     url: str, protocol: str, model: str, texts: Sequence[str], timeout_s: float,
-    tls: Mapping[str, Any] | None = None, parameters: dict | None = None,
+    tls: Mapping[str, Any] | None = None, parameters: dict | None = None, pairs: Sequence[str] | None = None,
 ) -> list[Result]:
     with Client(url, protocol=protocol, model=model, **(tls or {})) as client:
         client.wait_for_model(timeout_s=timeout_s)
-        return client.infer(list(texts), parameters=parameters)
+        return client.infer(list(texts), text_pair=None if pairs is None else list(pairs), parameters=parameters)
 
 
 def long_text(info: ModelInfo, texts: Sequence[str]) -> str:
@@ -402,15 +444,30 @@ def verify(
         skipped = sorted(skipped + [kept[k] for k in over])
         kept = [i for k, i in enumerate(kept) if k not in over]
     sent = [texts[i] for i in kept]
-    answers = {protocol: served_answers(url, protocol, model, sent, timeout_s, tls) for protocol, url in urls.items()}
-    log.info("running %s in PyTorch on %d texts", checkpoint, len(sent))
-    expected = check.reference(checkpoint, sent, info, task) if sent else []
-    checks = []
-    for protocol, results in answers.items():
-        for index, text, served, reference in zip(kept, sent, results, expected):
-            passed, detail = check.compare(served, reference, info, tolerance)
-            checks.append(TextCheck(protocol, index, text, passed, detail))
-    if task.answer == tasks.ANSWER_EMBEDDING and sent and all(c.passed for c in checks):  # options on a match
+    checks: list[TextCheck] = []
+    answers: dict[str, list[Result]] = {}
+    for firsts, pairs in checked_inputs(sent, task, info):
+        answers = {protocol: served_answers(url, protocol, model, firsts, timeout_s, tls, pairs=pairs)
+                   for protocol, url in urls.items()}
+        log.info("running %s in PyTorch on %d %s", checkpoint, len(firsts), "texts" if pairs is None else "pairs")
+        expected = check.reference(checkpoint, firsts, info, task, pairs=pairs) if firsts else []
+        shown = firsts if pairs is None else [f"{a} | {b}" for a, b in zip(firsts, pairs)]
+        for protocol, results in answers.items():
+            for index, text, served, reference in zip(kept, shown, results, expected):
+                passed, detail = check.compare(served, reference, info, tolerance)
+                checks.append(TextCheck(protocol, index, text, passed, detail))
+    # Embedders take no pairs: ``answers`` holds the texts alone. Options only once those match.
+    if task.answer == tasks.ANSWER_EMBEDDING and sent and all(c.passed for c in checks):
         width = len(next(iter(answers.values()))[0].vector)
         checks += check_options(model, checkpoint, urls, info, sent, kept, width, tolerance, timeout_s, tls)
     return VerifyReport(model, info.task, checkpoint, tuple(checks), tuple(skipped))
+
+
+def checked_inputs(texts: list[str], task: tasks.Task, info: ModelInfo) -> list[tuple[list[str], list[str] | None]]:
+    """What verify sends: the texts alone (not to a reranker, which scores pairs), and, where the
+    model takes pairs, each text with the text at the mirrored position."""
+    runs: list[tuple[list[str], list[str] | None]] = [] if task.single_label else [(list(texts), None)]
+    if info.text_pair and texts:
+        pairs = text_pairs(tuple(texts))
+        runs.append(([a for a, _ in pairs], [b for _, b in pairs]))
+    return runs

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2triton.errors import CheckpointError
-from hf2triton.tasks import ANSWER_CLASSIFICATION, ANSWER_ENTITIES, TASKS, Task, task_for_architectures
+from hf2triton.tasks import (
+    ANSWER_CLASSIFICATION,
+    ANSWER_ENTITIES,
+    RERANK,
+    SEQUENCE_CLASSIFICATION,
+    TASKS,
+    Task,
+    task_for_architectures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,18 @@ ST_POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+
+
+# sentence-transformers CrossEncoder activations (config.json "sentence_transformers.activation_fn")
+# that the served postprocess reproduces, by the name it knows them by.
+CROSS_ENCODER_ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.Identity": "identity",
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.Tanh": "tanh",
 }
 
 
@@ -56,6 +76,7 @@ class Checkpoint:
     pooling: Pooling
     tokenizer_file: Path | None  # None: build the fast tokenizer with transformers
     fingerprint: str  # sha256 over config.json and the weight files' names and bytes
+    activation: str = ""  # rerank: what turns the logit into a score (see CROSS_ENCODER_ACTIVATIONS)
     # sentence-transformers prompts (config_sentence_transformers.json): (name, text), and the default's name
     prompts: tuple[tuple[str, str], ...] = ()
     default_prompt_name: str = ""
@@ -107,18 +128,47 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def detect_task(architectures: tuple[str, ...], override: str | None) -> Task:
+def detect_task(architectures: tuple[str, ...], override: str | None, num_labels: int = 2) -> Task:
+    """The task ``override`` names, else the architectures' one; a sequence classifier with one
+    label is a cross-encoder (sentence-transformers ``CrossEncoder``) and served as ``rerank``."""
     if override:
-        if override in TASKS:
-            return TASKS[override]
-        raise CheckpointError(f"unknown task {override!r}; choose one of {sorted(TASKS)}")
+        if override not in TASKS:
+            raise CheckpointError(f"unknown task {override!r}; choose one of {sorted(TASKS)}")
+        if TASKS[override].single_label and num_labels != 1:
+            raise CheckpointError(
+                f"--task {override} needs a checkpoint with one output label (a cross-encoder); "
+                f"this one has {num_labels} (config.json num_labels / id2label)"
+            )
+        return TASKS[override]
     task = task_for_architectures(architectures)
     if task is None:
         raise CheckpointError(
             f"cannot tell the task from architectures {list(architectures)}; "
             f"pass --task with one of {sorted(TASKS)}"
         )
+    if task is SEQUENCE_CLASSIFICATION and num_labels == 1:
+        return RERANK
     return task
+
+
+def cross_encoder_activation(raw: dict) -> str:
+    """The activation ``CrossEncoder`` applies to a one-label checkpoint's logit.
+
+    As sentence-transformers decides it: ``sentence_transformers.activation_fn`` in
+    config.json (or the pre-v4 ``sbert_ce_default_activation_function``); paths outside
+    ``torch.`` are not trusted without ``trust_remote_code`` and fall back, like the
+    default, to sigmoid.
+    """
+    path = (raw.get("sentence_transformers") or {}).get("activation_fn") or raw.get(
+        "sbert_ce_default_activation_function")
+    if not path or not str(path).startswith("torch."):
+        return "sigmoid"
+    if path not in CROSS_ENCODER_ACTIVATIONS:
+        raise CheckpointError(
+            f"config.json names the cross-encoder activation {path!r}; supported: "
+            f"{', '.join(sorted(CROSS_ENCODER_ACTIVATIONS))}"
+        )
+    return CROSS_ENCODER_ACTIVATIONS[path]
 
 
 def model_input_names(config) -> tuple[str, ...]:
@@ -255,7 +305,7 @@ def inspect_checkpoint(
         tokenizer_file = None
     config = AutoConfig.from_pretrained(path)
     architectures = tuple(raw.get("architectures") or (config.model_type,))
-    chosen = detect_task(architectures, task)
+    chosen = detect_task(architectures, task, int(getattr(config, "num_labels", 2) or 2))
     limit = model_max_length(path, config)
     if max_length is not None and not 1 <= max_length <= limit:
         raise CheckpointError(f"--max-length {max_length} is outside 1..{limit}, the model's limit")
@@ -276,6 +326,7 @@ def inspect_checkpoint(
         pooling=sentence_transformers_pooling(path) if chosen.pooled else Pooling(),
         tokenizer_file=tokenizer_file,
         fingerprint=fingerprint(path),
+        activation=cross_encoder_activation(raw) if chosen.single_label else "",
         prompts=prompts,
         default_prompt_name=default_prompt,
     )

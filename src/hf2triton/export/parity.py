@@ -1,7 +1,8 @@
 """Parity check: the ONNX file in ONNX Runtime against the checkpoint in PyTorch.
 
 Both run on the same padded batches of mixed lengths (short, past the max length,
-non-English, emoji, empty), tokenized by the served tokenizer code. Raw outputs are
+non-English, emoji, empty), tokenized by the served tokenizer code; models that take text
+pairs are checked on pairs too (each text with another, the long one with the long one). Raw outputs are
 compared on real (non-padding) positions only — padded positions carry no meaning —
 and the task-level answer is compared as the user sees it (cosine of the pooled
 embedding; agreement of the top label; for token classification, agreement of
@@ -20,7 +21,7 @@ import torch
 
 from hf2triton.answers import comparable
 from hf2triton.backends.onnx_model import create_session
-from hf2triton.backends.tokenizer import TokenizerSettings, encode_requests
+from hf2triton.backends.tokenizer import TokenizerSettings, alone_when_empty, encode_pair_requests, encode_requests
 from hf2triton.export.checkpoint import Checkpoint
 from hf2triton.errors import ExportError, ParityError
 
@@ -58,6 +59,18 @@ ENTITY_TEXTS = (
 )
 # What ``hf2triton verify`` sends by default: both sets.
 VERIFY_TEXTS = PARITY_TEXTS + ENTITY_TEXTS
+
+
+def text_pairs(texts: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Each text with the text at the mirrored position: long with short, empty with non-empty,
+    and (odd counts) the middle text with itself."""
+    return tuple(zip(texts, texts[::-1]))
+
+
+def pair_batches(pairs: tuple[tuple[str, str], ...], batch_size: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Pairs in consecutive batches: the first texts and the second texts of each batch."""
+    groups = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    return [[a for a, _ in g] for g in groups], [[b for _, b in g] for g in groups]
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,12 @@ def check_parity(
     task = checkpoint.task
     groups = batches_of_mixed_length(texts, batch_size)
     token_batches = encode_requests(tokenizer, groups, settings)
+    pairs = text_pairs(texts) if task.text_pairs else ()
+    if pairs:  # the pair template and token types are served too: check them
+        firsts, seconds = pair_batches(pairs, batch_size)
+        if task.empty_pair_alone:
+            seconds = [alone_when_empty(group) for group in seconds]
+        token_batches += encode_pair_requests(tokenizer, firsts, seconds, settings)
     comparison = task.comparison
     max_diff, scores, truncated = 0.0, [], 0
     for batch in token_batches:
@@ -136,7 +155,7 @@ def check_parity(
     ok = value >= threshold
     report = ParityReport(
         task=task.name,
-        texts=len(texts),
+        texts=len(texts) + len(pairs),
         batches=len(token_batches),
         truncated_texts=truncated,
         max_abs_diff=max_diff,

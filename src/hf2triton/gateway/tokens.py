@@ -16,6 +16,8 @@ and the gateway logs that once.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import re
 from dataclasses import dataclass
@@ -63,8 +65,14 @@ class TritonTokenCounter:
     remote: bool = True
 
     async def count(self, texts: list[str]) -> list[int]:
-        arrays = await self.connection.infer_columns(self.step, {self.text_input: texts}, (ATTENTION_MASK,))
-        return [int(row) for row in np.asarray(arrays[ATTENTION_MASK]).reshape(len(texts), -1).sum(axis=1)]
+        # One call per max_batch_size chunk: each chunk's mask is padded to its own width, so masks of
+        # several chunks cannot be stacked into one array.
+        size = max(1, self.step.max_batch_size)
+        chunks = [texts[start:start + size] for start in range(0, len(texts), size)]
+        masks = await asyncio.gather(*(self.connection.infer_columns(self.step, {self.text_input: chunk},
+                                                                     (ATTENTION_MASK,)) for chunk in chunks))
+        return [int(row) for chunk, arrays in zip(chunks, masks)
+                for row in np.asarray(arrays[ATTENTION_MASK]).reshape(len(chunk), -1).sum(axis=1)]
 
 
 @dataclass(frozen=True)

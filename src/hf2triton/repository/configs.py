@@ -21,6 +21,7 @@ class Tensor:
     data_type: str  # DataType enum name, e.g. "TYPE_INT64"
     dims: tuple[int, ...]
     ragged: bool = False  # an input whose requests Triton may batch whatever their shapes
+    optional: bool = False  # an input a request may leave out (TEXT_PAIR)
 
     def __post_init__(self):
         if self.data_type not in pb.DataType.keys():
@@ -157,6 +158,8 @@ def _tensor(message, tensor: Tensor) -> None:
     message.dims.extend(tensor.dims)
     if tensor.ragged:
         message.allow_ragged_batch = True
+    if tensor.optional:
+        message.optional = True
 
 
 def _io(config: pb.ModelConfig, inputs, outputs) -> None:

@@ -80,10 +80,16 @@ def postprocess_settings(checkpoint: Checkpoint, entities: EntitySettings | None
         "normalize": checkpoint.pooling.normalize,
         "labels": list(checkpoint.labels),
         "multi_label": checkpoint.multi_label,
+        "activation": checkpoint.activation,
     }
     if entities is not None:
         settings.update(asdict(entities), labels=list(entities.labels), ignore_labels=list(entities.ignore_labels))
     return settings
+
+
+def pair_parameters(task) -> dict[str, str]:
+    """How a pair-taking tokenizer reads an empty ``TEXT_PAIR`` (see ``Task.empty_pair_alone``)."""
+    return {"empty_pair_alone": json.dumps(task.empty_pair_alone)} if task.text_pairs else {}
 
 
 def step_models(
@@ -105,6 +111,8 @@ def step_models(
     width = checkpoint.hidden_size if task.name == "embeddings" else len(checkpoint.labels)
     token_tensors = tuple(int64(n) for n in checkpoint.input_names)
     text = Tensor(contract.INPUT_TEXT, "TYPE_STRING", (1,))
+    # Pair-capable tasks take an optional second text per row, tokenized with it (tokenizer(text, text_pair)).
+    texts = (text, Tensor(contract.INPUT_TEXT_PAIR, "TYPE_STRING", (1,), optional=True)) if task.text_pairs else (text,)
     alignment = (
         (Tensor(contract.TENSOR_OFFSETS, "TYPE_INT64", (-1, 2)), int64(contract.TENSOR_SPECIAL_TOKENS))
         if task.token_alignment
@@ -132,12 +140,13 @@ def step_models(
 
     tokenizer = PythonModel(
         name=tokenizer_name,
-        inputs=(text,),
+        inputs=texts,
         outputs=(*token_tensors, *alignment, *windows, truncated),
         max_batch_size=mbs,
         instance_count=serving.tokenizer_instances,
         parameters={"settings": replace(settings, ragged=ragged).to_json(),
-                    "truncated_output": contract.OUTPUT_TRUNCATED, "text_options": text_options.to_json()},
+                    "truncated_output": contract.OUTPUT_TRUNCATED, "text_options": text_options.to_json(),
+                    **pair_parameters(task)},
         version_policy=policy,
         warmup=warmup((text,)),  # an empty text: loads the Rust tokenizer's first-call state
     )
@@ -188,6 +197,8 @@ def contract_parameters(checkpoint: Checkpoint, settings: TokenizerSettings,
         contract.PARAM_MULTI_LABEL: json.dumps(checkpoint.multi_label),
         contract.PARAM_MAX_TEXT_BYTES: str(settings.max_text_bytes),
         contract.PARAM_MAX_SEQUENCE_LENGTH: str(settings.max_length),
+        contract.PARAM_TEXT_PAIR: json.dumps(checkpoint.task.text_pairs),
+        **({contract.PARAM_ACTIVATION: checkpoint.activation} if checkpoint.activation else {}),
     }
 
 
@@ -209,6 +220,7 @@ def fused_model(
         normalize=checkpoint.pooling.normalize,
         labels=tuple(checkpoint.labels),
         multi_label=checkpoint.multi_label,
+        activation=checkpoint.activation,
     )
     return PythonModel(
         name=name,
@@ -225,10 +237,11 @@ def fused_model(
             "onnx_file": "model.onnx",
             "intra_op_threads": str(serving.intra_op_threads),
             "max_batch_tokens": str(serving.max_batch_tokens),
+            **pair_parameters(checkpoint.task),
             "text_options": text.to_json(),
         },
         version_policy=serving.version_policy,
-        warmup=bucket_warmup(tokenizer.inputs, settings.buckets) if serving.warmup else (),
+        warmup=bucket_warmup(tokenizer.inputs[:1], settings.buckets) if serving.warmup else (),  # TEXT alone
     )
 
 
