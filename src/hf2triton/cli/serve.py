@@ -139,14 +139,26 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = server_config(args)  # flag mistakes before the repository check
     policy = supervision_policy(args)
+    companion = gateway_beside(args, config)
     if not args.model_repository.is_dir():
         raise OptionsError(f"model repository {args.model_repository} does not exist; "
                            "run `python build/export.py` first")
     # An export killed mid-install leaves a journal: finish or roll it back before Triton reads the folder.
     recover_repository(args.model_repository)
-    if args.gateway_port is not None and not 0 <= args.gateway_port <= 65535:
+    return serve(config, health_watch=args.health_watch, policy=policy, companion=companion)
+
+
+def gateway_beside(args: argparse.Namespace, config):
+    """The gateway of ``--gateway-port`` (None without it); the entry point wires it, so serving
+    never imports the gateway."""
+    if args.gateway_port is None:
+        return None
+    if not 0 <= args.gateway_port <= 65535:
         raise OptionsError(f"--gateway-port must be in 0..65535, got {args.gateway_port}")
-    return serve(config, health_watch=args.health_watch, policy=policy, gateway_port=args.gateway_port)
+    from hf2triton.gateway.run import GatewayBeside, check_gateway_beside
+
+    check_gateway_beside(config)
+    return GatewayBeside(args.gateway_port)
 
 
 def run_health(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ from typing import Any
 # parser, which reads the settings) does not load Starlette, uvicorn or tritonclient.
 _EXPORTS = {
     "API_KEY_ENV": "settings", "GatewaySettings": "settings", "create_app": "app",
-    "GatewayThread": "run", "run_gateway": "run", "start_beside": "run", "start_gateway": "run",
+    "GatewayBeside": "run", "GatewayThread": "run", "run_gateway": "run", "start_beside": "run",
+    "start_gateway": "run",
 }
 __all__ = sorted(_EXPORTS)
 

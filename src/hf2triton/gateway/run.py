@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
-from hf2triton.errors import ServerError
+from hf2triton.errors import OptionsError, ServerError
 from hf2triton.gateway.app import create_app
 from hf2triton.gateway.settings import GatewaySettings
+from hf2triton.serving import LocalTritonServer, ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -96,19 +99,62 @@ def start_gateway(settings: GatewaySettings, timeout_s: float = 30.0) -> Gateway
     return GatewayThread(settings).start(timeout_s)
 
 
-def start_beside(server: object, port: int, timeout_s: float = 30.0, **overrides: object) -> GatewayThread:
+def start_beside(server: LocalTritonServer, port: int, timeout_s: float = 30.0, **overrides: object) -> GatewayThread:
     """A gateway for a running :class:`~hf2triton.serving.LocalTritonServer` (``hf2triton serve --gateway-port``).
 
     It talks to the server's gRPC port, counts tokens with the served repository's
     tokenizers, uses the server's admin key for the repository index, and reads the
     API key from :data:`~hf2triton.gateway.settings.API_KEY_ENV`.
     """
-    config = server.config  # type: ignore[attr-defined]
+    config = server.config
     settings = GatewaySettings.from_environment(
-        **{"triton_url": server.grpc_url, "port": port,  # type: ignore[attr-defined]
-           "model_repository": config.model_repository, **overrides})
+        **{"triton_url": server.grpc_url, "port": port, "model_repository": config.model_repository, **overrides})
     if settings.triton_admin_key is None and getattr(config, "restricted_api_key", None):
         import dataclasses
 
         settings = dataclasses.replace(settings, triton_admin_key=config.restricted_api_key)
     return start_gateway(settings, timeout_s)
+
+
+@dataclass
+class GatewayBeside:
+    """The gateway of ``hf2triton serve --gateway-port``: a :class:`~hf2triton.serving.serve.Companion`
+    started once the server is ready, restarted only when a server restart moved the gRPC port
+    (ports of 0 are re-picked)."""
+
+    port: int
+    thread: GatewayThread | None = None
+    triton_url: str | None = None
+
+    def follow(self, server: LocalTritonServer) -> None:
+        if self.thread is not None and self.triton_url == server.grpc_url:
+            return
+        self.stop()
+        self.thread = start_beside(server, port=self.port, **gateway_tls(server.config))
+        self.triton_url = server.grpc_url
+        logger.info("gateway  %s (OpenAI /v1/embeddings; TEI /embed, /predict, /rerank)", self.thread.url)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
+
+
+def gateway_tls(config: ServerConfig) -> dict[str, Any]:
+    """GatewaySettings fields for reaching this server's gRPC endpoint: over TLS when it uses TLS.
+
+    The gateway beside the server trusts the server's own certificate, which is right for a
+    self-signed one; it has no client certificate, so mutual TLS is refused up front
+    (:func:`check_gateway_beside`).
+    """
+    if not config.grpc_tls:
+        return {}
+    return {"triton_ssl": True, "triton_root_certificates": config.grpc_server_cert}
+
+
+def check_gateway_beside(config: ServerConfig) -> None:
+    """Raise OptionsError when a gateway beside this server could not reach it."""
+    if config.grpc_use_ssl_mutual:
+        raise OptionsError("--gateway-port cannot be combined with --grpc-use-ssl-mutual: the gateway beside the "
+                           "server has no client certificate; run `hf2triton gateway --triton-ssl "
+                           "--triton-private-key ... --triton-certificate-chain ...` separately")

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from hf2triton.gateway.errors import ApiError, bad_request
 from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
 from hf2triton.gateway.responses import FastJSONResponse
-from hf2triton.gateway.service import TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, renormalised
+from hf2triton.gateway.service import (TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, ranking,
+                                       renormalised)
 from hf2triton.gateway.state import GatewayState
 
 
@@ -128,9 +129,8 @@ async def rerank(request: Request) -> FastJSONResponse:
     check_text_sizes([query], served.info, "query")
     check_text_sizes(texts, served.info, "texts")
     scores, _ = await state.service.rerank(served, query, texts)
-    order = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[:top_n]
     answer = []
-    for i in order:
+    for i in ranking(scores, top_n):
         item: dict[str, Any] = {"index": i, "score": float(scores[i])}
         if return_text:
             item["text"] = texts[i]

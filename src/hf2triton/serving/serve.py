@@ -15,19 +15,27 @@ import signal
 import threading
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable
+from typing import Callable, Protocol
 
-from hf2triton.errors import OptionsError, ServerError
+from hf2triton.errors import ServerError
 from hf2triton.serving.config import RESTRICTED_APIS, RESTRICTED_KEY_HEADER, ServerConfig
 from hf2triton.serving.process import LocalTritonServer, repository_index
 from hf2triton.serving.watch import SupervisionPolicy, supervise
 
-__all__ = ["SHUTDOWN_GRACE_S", "serve"]
+__all__ = ["SHUTDOWN_GRACE_S", "Companion", "serve"]
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 2.0  # in-flight requests get this long after Ctrl-C; then SIGTERM (Triton: exit now)
 _Handler = Callable[[int, FrameType | None], object] | int | None
+
+
+class Companion(Protocol):
+    """Something that runs beside the server and must follow its restarts (ports of 0 move)."""
+
+    def follow(self, server: LocalTritonServer) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -45,7 +53,7 @@ def serve(
     ready_timeout_s: float = 120,
     health_watch: bool = True,
     policy: SupervisionPolicy | None = None,
-    gateway_port: int | None = None,
+    companion: Companion | None = None,
 ) -> int:
     """Run the server until SIGINT or SIGTERM (Ctrl-C); return an exit status.
 
@@ -53,17 +61,15 @@ def serve(
     requested shutdown, 130 when start-up was interrupted, the server's own (non-zero)
     status if it died by itself, and 1 when restarts gave up (the reason is logged).
     With ``health_watch``, a python-backend stub that dies makes it restart the server
-    as ``policy`` says (see :mod:`hf2triton.serving.watch`). With ``gateway_port``, the
-    OpenAI/TEI gateway (:mod:`hf2triton.gateway`) runs beside the server on that port and
-    follows it across restarts. Raises ServerError when the server does not become ready.
+    as ``policy`` says (see :mod:`hf2triton.serving.watch`). A ``companion`` (e.g. the
+    gateway of ``serve --gateway-port``) is told each time the server is ready (at start
+    and after each restart) and stopped before the server. Raises ServerError when the
+    server does not become ready.
     """
     policy = policy or SupervisionPolicy(ready_timeout_s=ready_timeout_s)
-    if gateway_port is not None:
-        check_gateway_beside(config)
     stop = _StopFlag()
     server = LocalTritonServer(config)
     previous = _install_handlers(stop)
-    gateway = _GatewayBeside(gateway_port) if gateway_port is not None else None
     try:
         try:
             server.start(ready_timeout_s, cancel=stop)
@@ -72,69 +78,21 @@ def serve(
                 logger.info("start-up interrupted")
                 return 130
             raise
-        on_ready = _log_endpoints if gateway is None else gateway.beside(_log_endpoints)
+        def on_ready(ready: LocalTritonServer) -> None:
+            _log_endpoints(ready)
+            if companion is not None:
+                companion.follow(ready)
+
         result = supervise(server, policy if health_watch else None, stop, on_ready=on_ready)
         if result.exit_status != 0:
             logger.error("%s", result.reason)
         return result.exit_status
     finally:
-        if gateway is not None:
-            gateway.stop()
+        if companion is not None:
+            companion.stop()
         server.stop(timeout_s=SHUTDOWN_GRACE_S, term_timeout_s=0.5, reap_s=0.5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-@dataclass
-class _GatewayBeside:
-    """The gateway thread of ``serve --gateway-port``: started once the server is ready,
-    restarted only when a server restart moved the gRPC port (ports of 0 are re-picked)."""
-
-    port: int
-    thread: Any = None  # hf2triton.gateway.GatewayThread (imported only when asked for)
-    triton_url: str | None = None
-
-    def beside(self, log_endpoints: Callable[[LocalTritonServer], None]) -> Callable[[LocalTritonServer], None]:
-        def on_ready(server: LocalTritonServer) -> None:
-            log_endpoints(server)
-            self.follow(server)
-
-        return on_ready
-
-    def follow(self, server: LocalTritonServer) -> None:
-        if self.thread is not None and self.triton_url == server.grpc_url:
-            return
-        self.stop()
-        from hf2triton.gateway import start_beside
-
-        self.thread = start_beside(server, port=self.port, **gateway_tls(server.config))
-        self.triton_url = server.grpc_url
-        logger.info("gateway  %s (OpenAI /v1/embeddings; TEI /embed, /predict, /rerank)", self.thread.url)
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None
-
-
-def gateway_tls(config: ServerConfig) -> dict[str, Any]:
-    """GatewaySettings fields for reaching this server's gRPC endpoint: over TLS when it uses TLS.
-
-    The gateway beside the server trusts the server's own certificate, which is right for a
-    self-signed one; it has no client certificate, so mutual TLS is refused up front
-    (:func:`check_gateway_beside`).
-    """
-    if not config.grpc_tls:
-        return {}
-    return {"triton_ssl": True, "triton_root_certificates": config.grpc_server_cert}
-
-
-def check_gateway_beside(config: ServerConfig) -> None:
-    """Raise OptionsError when a gateway beside this server could not reach it."""
-    if config.grpc_use_ssl_mutual:
-        raise OptionsError("--gateway-port cannot be combined with --grpc-use-ssl-mutual: the gateway beside the "
-                           "server has no client certificate; run `hf2triton gateway --triton-ssl "
-                           "--triton-private-key ... --triton-certificate-chain ...` separately")
 
 
 def _install_handlers(stop: _StopFlag) -> dict[int, _Handler]:
