@@ -9,7 +9,7 @@ functions on numpy arrays: no server, no tritonclient.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -228,12 +228,18 @@ def _decode_scores(info: ModelInfo, outputs: Mapping[str, np.ndarray]) -> list[R
     return [Score(score=float(scores[i, 0]), truncated=truncated[i]) for i in range(scores.shape[0])]
 
 
+def rank_order(scores: Sequence[float], top_n: int | None = None) -> list[int]:
+    """Document indices by score, best first (ties keep the order sent), at most ``top_n`` of them.
+
+    The one ranking rule of ``Client.rerank`` and the gateway's rerank routes."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    return order if top_n is None else order[:top_n]
+
+
 def ranked(scores: list[Score], documents: list[str], top_n: int | None, return_documents: bool) -> list[RerankResult]:
     """Documents by score, best first (ties keep the order sent), at most ``top_n`` of them."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i].score)
-    kept = order if top_n is None else order[:top_n]
     return [RerankResult(i, scores[i].score, documents[i] if return_documents else None, scores[i].truncated)
-            for i in kept]
+            for i in rank_order([s.score for s in scores], top_n)]
 
 
 _DECODERS: dict[str, Callable[[ModelInfo, Mapping[str, np.ndarray]], list[Result]]] = {
@@ -302,13 +308,7 @@ def model_info_from_config(name: str, config: Mapping[str, Any]) -> ModelInfo:
         raise ClientError(
             f"model {name!r} is not an hf2triton ensemble: its config has no parameter {contract.PARAM_TASK}"
         )
-    raw_labels = params.get(contract.PARAM_LABELS, "").strip() or "[]"
-    try:
-        labels = json.loads(raw_labels)
-    except json.JSONDecodeError as exc:
-        raise ClientError(f"model {name!r}: parameter {contract.PARAM_LABELS} is not JSON: {exc}") from exc
-    if not isinstance(labels, list):
-        raise ClientError(f"model {name!r}: parameter {contract.PARAM_LABELS} must be a JSON list, got {raw_labels!r}")
+    labels = _json_param(name, params, contract.PARAM_LABELS, list)
     multi = params.get(contract.PARAM_MULTI_LABEL, "false").strip().lower() or "false"
     if multi not in ("true", "false"):
         raise ClientError(f"model {name!r}: parameter {contract.PARAM_MULTI_LABEL} is {multi!r}, expected true/false")
@@ -337,11 +337,19 @@ def model_info_from_config(name: str, config: Mapping[str, Any]) -> ModelInfo:
 
 
 def _prompt_names(name: str, params: Mapping[str, str]) -> list[str]:
-    raw = params.get(contract.PARAM_PROMPTS, "").strip() or "{}"
+    return sorted(str(k) for k in _json_param(name, params, contract.PARAM_PROMPTS, dict))
+
+
+def _json_param(name: str, params: Mapping[str, str], key: str, kind: type[list] | type[dict]) -> Any:
+    """A JSON list or object parameter of model ``name`` (absent or empty: an empty one)."""
+    raw = params.get(key, "").strip()
+    if not raw:
+        return kind()
     try:
-        prompts = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ClientError(f"model {name!r}: parameter {contract.PARAM_PROMPTS} is not JSON: {exc}") from exc
-    if not isinstance(prompts, dict):
-        raise ClientError(f"model {name!r}: parameter {contract.PARAM_PROMPTS} must be a JSON object")
-    return sorted(str(k) for k in prompts)
+        raise ClientError(f"model {name!r}: parameter {key} is not JSON: {exc}") from exc
+    if not isinstance(value, kind):
+        shape = "list" if kind is list else "object"
+        raise ClientError(f"model {name!r}: parameter {key} must be a JSON {shape}, got {raw!r}")
+    return value

@@ -17,10 +17,11 @@ import numpy as np
 
 from starlette.requests import Request
 
+from hf2triton.client.results import rank_order
 from hf2triton.gateway.errors import bad_request
 from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
 from hf2triton.gateway.responses import FastJSONResponse
-from hf2triton.gateway.service import TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, ranking, renormalised
+from hf2triton.gateway.service import TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, renormalised
 from hf2triton.gateway.state import GatewayState
 
 ENCODING_FORMATS = ("float", "base64")
@@ -103,7 +104,7 @@ async def rerank(request: Request) -> FastJSONResponse:
     check_text_sizes(documents, served.info, "documents")
     scores, tokens = await state.service.rerank(served, query, documents)
     results = []
-    for i in ranking(scores, top_n):
+    for i in rank_order(scores, top_n):
         item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
         if return_documents:
             item["document"] = {"text": documents[i]}

@@ -104,11 +104,6 @@ class GatewayService:
         return scores, tokens
 
 
-def ranking(scores: np.ndarray, top_n: int) -> list[int]:
-    """Document indices by descending score, the first ``top_n`` (both rerank flavours answer this way)."""
-    return sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:top_n]
-
-
 def not_a_reranker(served: ServedModel) -> ApiError:
     return ApiError(400, f"model {served.info.name!r} is not a reranker (it serves task {served.info.task!r}; "
                     f"rerank routes need a model with task {TASK_RERANK!r})", "model", "not_a_reranker")

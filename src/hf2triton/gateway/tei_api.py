@@ -18,10 +18,11 @@ import numpy as np
 
 from starlette.requests import Request
 
+from hf2triton.client.results import rank_order
 from hf2triton.gateway.errors import ApiError, bad_request
 from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
 from hf2triton.gateway.responses import FastJSONResponse
-from hf2triton.gateway.service import (TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, ranking,
+from hf2triton.gateway.service import (TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker,
                                        renormalised)
 from hf2triton.gateway.state import GatewayState
 
@@ -130,7 +131,7 @@ async def rerank(request: Request) -> FastJSONResponse:
     check_text_sizes(texts, served.info, "texts")
     scores, _ = await state.service.rerank(served, query, texts)
     answer = []
-    for i in ranking(scores, top_n):
+    for i in rank_order(scores, top_n):
         item: dict[str, Any] = {"index": i, "score": float(scores[i])}
         if return_text:
             item["text"] = texts[i]
