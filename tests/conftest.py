@@ -50,6 +50,26 @@ def tiny_checkpoint(checkpoint_root):
     return make
 
 
+@pytest.fixture(scope="session")
+def retrained(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
+    """Two checkpoints with one interface: a tiny BERT classifier and a copy with another head
+    (what fine-tuning again gives: same config, same file sizes, other weights)."""
+    import shutil
+
+    import torch
+    import transformers
+
+    first = tiny_checkpoint("bert")
+    second = tmp_path_factory.mktemp("retrained") / "bert"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(first)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-3.0)
+    model.save_pretrained(second)
+    for name in checkpoints.TOKENIZER_FILES:
+        shutil.copyfile(first / name, second / name)
+    return first, second
+
+
 # Ensembles exported once per session into one repository; e2e tests serve it.
 SENTIMENT, TOPICS, DEFAULT, NER = "sentiment", "topics", "all_minilm_l6_v2", "ner"
 NER_MAX_LENGTH = 48  # short, so the e2e tests see entities cut by truncation

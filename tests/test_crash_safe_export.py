@@ -45,20 +45,6 @@ export_checkpoint(ExportOptions(checkpoint=Path(checkpoint), output_dir=Path(roo
 
 
 @pytest.fixture(scope="module")
-def retrained(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny BERT classifier and a copy with another head: one interface, other weights."""
-    first = tiny_checkpoint("bert")
-    second = tmp_path_factory.mktemp("retrained") / "bert"
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(first)
-    with torch.no_grad():
-        model.classifier.weight.mul_(-3.0)
-    model.save_pretrained(second)
-    for name in checkpoints.TOKENIZER_FILES:
-        shutil.copyfile(first / name, second / name)
-    return first, second
-
-
-@pytest.fixture(scope="module")
 def base(retrained, tmp_path_factory) -> ExportResult:
     """One real export whose files the write-level tests reuse."""
     root = tmp_path_factory.mktemp("base") / "repo"

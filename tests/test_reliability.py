@@ -26,6 +26,7 @@ from hf2triton.export.parity import PARITY_TEXTS
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.serving import free_port
 from load import Load, single_answers
+from stubs import stubs_of
 
 pytestmark = pytest.mark.e2e
 LOAD_SECONDS = 6.0
@@ -75,20 +76,6 @@ def small_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     return root
 
 
-def stubs_under(repository: Path, model: str) -> list[int]:
-    """Pids of python-backend stubs running ``repository/model``."""
-    prefix = str(repository / model) + "/"
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub") and argv[1].decode().startswith(prefix):
-            pids.append(int(entry.name))
-    return pids
-
-
 def start_serve(repository: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
     """``hf2triton serve`` as an operator runs it (health watch on by default)."""
     command = [sys.executable, "-m", "hf2triton.cli", "serve", "--model-repository", str(repository),
@@ -111,7 +98,7 @@ def test_killed_stub_is_detected_and_serve_restarts_the_server(small_repository,
         reference = single_answers(addresses["grpc"], "grpc", "clf", texts)
         with Load(addresses, "clf", texts, clients=4) as load:
             time.sleep(1.5)
-            victims = stubs_under(small_repository, "clf_model")
+            victims = stubs_of(small_repository, "clf_model")
             assert victims, "no model-step stub found"
             killed_at = time.monotonic()
             for pid in victims:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hf2triton.serving import LocalTritonServer, ServerConfig, check_health, free_port
+from stubs import stubs_of
 from test_server import ECHO_MODEL_PY, _processes_mentioning, _write_model
 
 pytestmark = pytest.mark.e2e
@@ -89,21 +90,6 @@ class Serve:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def stubs_of(repository: Path, model: str) -> list[int]:
-    """Pids of python-backend stubs running ``repository/model``."""
-    prefix = str(repository / model) + "/"
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 8 and argv[0].endswith(b"triton_python_backend_stub") and argv[1].decode().startswith(prefix) \
-                and argv[8].decode() != model:  # not the short-lived auto-complete stub
-            pids.append(int(entry.name))
-    return pids
 
 
 def kill_stubs(repository: Path, model: str = "echo") -> None:

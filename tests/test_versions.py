@@ -3,7 +3,6 @@ a live server switching from version 1 to 2 under continuous load without a fail
 
 from __future__ import annotations
 
-import shutil
 import stat
 import threading
 import time
@@ -11,10 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
-import checkpoints
 from hf2triton.errors import OptionsError, RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.repository import ServingOptions
@@ -24,21 +20,6 @@ from load import Load, single_answers
 
 NAME = "clf"
 TEXTS = ["good", "a terrible, boring film", "It was fine. " * 10, "Grand café!", "ok " * 40, ""]
-
-
-@pytest.fixture(scope="module")
-def retrained(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
-    """Two checkpoints with one interface: a tiny BERT classifier and a copy with another head
-    (what fine-tuning again gives: same config, same file sizes, other weights)."""
-    first = tiny_checkpoint("bert")
-    second = tmp_path_factory.mktemp("retrained") / "bert"
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(first)
-    with torch.no_grad():
-        model.classifier.weight.mul_(-3.0)
-    model.save_pretrained(second)
-    for name in checkpoints.TOKENIZER_FILES:
-        shutil.copyfile(first / name, second / name)
-    return first, second
 
 
 def export(checkpoint: Path, root: Path, **options) -> int:
