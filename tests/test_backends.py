@@ -337,7 +337,34 @@ def test_plan_batches_sorts_by_length_and_keeps_the_token_budget():
     batches = onnx_model.plan_batches(lengths, max_batch_tokens=64)
     assert [b.tolist() for b in batches] == [[1, 4, 2], [0, 5], [3], [6]]  # 3x7, 2x31, 100 and 300 alone
     assert all(len(b) * lengths[b].max() <= 64 or len(b) == 1 for b in batches)
-    assert [b.tolist() for b in onnx_model.plan_batches(lengths, 10_000, max_rows=4)] == [[1, 4, 2, 0], [5, 3, 6]]
+    assert [b.tolist() for b in onnx_model.plan_batches(lengths, 10_000, max_rows=2)] == [[1], [4, 2], [0, 5], [3], [6]]
+
+
+def test_plan_batches_cuts_where_padding_costs_more_than_a_call():
+    # Four short rows and a long one: padding the short ones to 100 costs more than a second call.
+    assert [b.tolist() for b in onnx_model.plan_batches(np.array([100, 10, 10, 10, 10]), 8192)] == [[1, 2, 3, 4], [0]]
+    # Nearly equal rows share one call: a second call costs more than one position of padding.
+    assert [b.tolist() for b in onnx_model.plan_batches(np.array([11, 10]), 8192)] == [[1, 0]]
+    assert len(onnx_model.plan_batches(np.array([11, 10]), 8192, call_cost=0)) == 2
+
+
+def test_plan_batches_is_the_cheapest_cut_of_the_sorted_rows():
+    """Against every way to cut the sorted rows (brute force), on random lengths."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        lengths = rng.integers(1, 90, size=int(rng.integers(1, 9)))
+        ordered = np.sort(lengths)
+
+        def cost(cuts):
+            edges = [0, *cuts, len(ordered)]
+            return sum(16 + (b - a) * ordered[b - 1] for a, b in zip(edges, edges[1:]))
+
+        cheapest = min(cost(c) for k in range(len(ordered)) for c in combinations(range(1, len(ordered)), k))
+        batches = onnx_model.plan_batches(lengths, 10_000, call_cost=16)
+        assert sum(16 + len(b) * lengths[b].max() for b in batches) == cheapest
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
 
 
 def test_row_lengths_end_at_the_last_attended_token():

@@ -4,7 +4,8 @@ python backend (the bundled CPU server).
 
 Ragged flavour (``max_batch_tokens`` > 0; the inputs allow ragged batches, so Triton
 merges requests of any length): all texts of all queued requests are sorted by length
-and run in padding-minimal sub-batches of at most ``max_batch_tokens`` positions; each
+and run in the cheapest sub-batches (cut where padding costs more than another call,
+:func:`plan_batches`) of at most ``max_batch_tokens`` positions; each
 request gets back its own rows at its own width (:func:`run_ragged`). Otherwise
 requests that share a shape (the tokenizer pads to buckets) share one ONNX Runtime call.
 
@@ -166,20 +167,44 @@ def row_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(attended.any(axis=1), last, 1)
 
 
-def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0) -> list[np.ndarray]:
-    """Row indices of padding-minimal sub-batches: rows sorted by length, each sub-batch padded to
-    its longest row and holding at most ``max_batch_tokens`` positions (a longer row runs alone)
-    and ``max_rows`` rows (0 = no limit)."""
-    batches, current = [], []
-    for index in np.argsort(lengths, kind="stable"):
-        grown = (len(current) + 1) * int(lengths[index])  # sorted: this row is the longest so far
-        if current and (grown > max_batch_tokens or (max_rows and len(current) >= max_rows)):
-            batches.append(np.array(current))
-            current = []
-        current.append(index)
-    if current:
-        batches.append(np.array(current))
-    return batches
+# What one extra ONNX Runtime call costs, in padded positions: the fixed cost of a call
+# divided by the cost of one position, fitted on all-MiniLM-L6-v2 with
+# ``perf/batch_cost.py`` (2.5 ms + 0.22 ms per position on one thread = 11; 2.0 ms +
+# 0.125 ms on two = 16). Cutting where padding costs more than this is what lets a
+# queue of mixed lengths run near the length-sorted ceiling.
+CALL_COST_POSITIONS = 16
+
+
+def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0,
+                 call_cost: int = CALL_COST_POSITIONS) -> list[np.ndarray]:
+    """Row indices of the cheapest sub-batches: rows sorted by length and cut where padding
+    would cost more than another call.
+
+    A sub-batch costs ``call_cost`` plus its rows × its longest row (positions run,
+    padding included); the cuts minimise the total (dynamic programming over the sorted
+    rows). Each sub-batch holds at most ``max_batch_tokens`` positions (a longer row runs
+    alone) and ``max_rows`` rows (0 = no limit).
+    """
+    order = np.argsort(lengths, kind="stable")
+    ordered = np.asarray(lengths, dtype=np.int64)[order]
+    count = len(ordered)
+    best = np.zeros(count + 1, dtype=np.int64)  # best[j]: cheapest cost of the first j rows
+    start = np.zeros(count + 1, dtype=np.int64)  # where the last sub-batch of that plan starts
+    for end in range(1, count + 1):
+        width = int(ordered[end - 1])  # sorted: the longest row of any sub-batch ending here
+        first = np.arange(end)  # candidate starts of the last sub-batch
+        rows = end - first
+        allowed = (rows * width <= max_batch_tokens) | (rows == 1)
+        if max_rows:
+            allowed &= rows <= max_rows
+        cost = np.where(allowed, best[:end] + call_cost + rows * width, np.iinfo(np.int64).max)
+        start[end] = int(np.argmin(cost))
+        best[end] = cost[start[end]]
+    batches, end = [], count
+    while end > 0:
+        batches.append(order[start[end]:end])
+        end = int(start[end])
+    return batches[::-1]
 
 
 def fit(array: np.ndarray, width: int, fill: int | float = 0) -> np.ndarray:
