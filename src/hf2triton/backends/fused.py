@@ -127,7 +127,8 @@ class TritonPythonModel:
         threads = onnx_model.threads_per_instance(
             int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)
         )
-        self.session = onnx_model.create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
+        self.session = onnx_model.create_session(version_dir / params.get("onnx_file", "model.onnx"), threads,
+                                                 spinning=False)
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]

@@ -89,10 +89,15 @@ def check_feed(feed: dict[str, np.ndarray], limits: InputLimits) -> None:
         raise RequestError("attention_mask must hold only 0 and 1")
 
 
-def create_session(model_path: str | Path, intra_op_threads: int = 0) -> ort.InferenceSession:
+def create_session(model_path: str | Path, intra_op_threads: int = 0, spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session. ``spinning=False`` for served steps: they share the cores with the
+    tokenizer, Triton and other instances, and idle ONNX Runtime threads that spin take
+    those cores (one fused instance of two threads: 126 -> 177 texts/s at c16 without)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads  # 0 = one per core
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -275,7 +280,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = threads_per_instance(int(params.get("intra_op_threads", "0")), instance_count(config))
-        self.session = create_session(version_dir / params.get("onnx_file", "model.onnx"), threads)
+        self.session = create_session(version_dir / params.get("onnx_file", "model.onnx"), threads, spinning=False)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.limits = InputLimits.from_json(params.get("limits", "{}"))
