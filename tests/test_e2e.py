@@ -155,6 +155,33 @@ def test_async_clients_answer_like_the_sync_one(server, protocol):
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
+def test_requests_of_different_lengths_share_model_and_postprocess_executions(server):
+    """Ragged inputs: Triton hands the model and postprocess steps several queued requests of
+    different widths in one execution, and each request still gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [" ".join(["word"] * (3 * i + 1)) for i in range(16)]  # 16 distinct token widths
+
+    def counts() -> dict[str, tuple[int, int]]:
+        with grpcclient.InferenceServerClient(server.grpc_url) as stats_client:
+            stats = stats_client.get_inference_statistics(as_json=True)["model_stats"]
+        return {s["name"]: (int(s.get("inference_count", 0)), int(s.get("execution_count", 0)))
+                for s in stats if s["name"].startswith(f"{DEFAULT}_")}
+
+    with Client(server.grpc_url, model=DEFAULT) as client:
+        expected = client.embed(texts)
+    before = counts()
+    with ThreadPoolExecutor(16) as pool, Client(server.grpc_url, model=DEFAULT) as client:
+        for _ in range(4):
+            answers = list(pool.map(lambda text: client.embed([text])[0], texts))
+            np.testing.assert_allclose(np.stack(answers), expected, atol=1e-5)
+    after = counts()
+    for step in (f"{DEFAULT}_model", f"{DEFAULT}_postprocess"):
+        requests = after[step][0] - before[step][0]
+        executions = after[step][1] - before[step][1]
+        assert requests == 64 and executions < requests, (step, requests, executions)
+
+
 def test_served_int8_variant_answers_like_the_in_process_int8_model(server, repository):
     """The int8 QDQ ensemble served beside fp32 gives what its ONNX file gives in-process."""
     from hf2triton.precision.accuracy import task_answers

@@ -68,6 +68,8 @@ def test_python_model_step_takes_ragged_batches_and_container_flavours_keep_buck
     root, results = repository
     model = parse_pbtxt((root / f"{DEFAULT}_model" / "config.pbtxt").read_text())
     assert all(t.allow_ragged_batch for t in model.input)
+    postprocess_config = parse_pbtxt((root / f"{DEFAULT}_postprocess" / "config.pbtxt").read_text())
+    assert all(t.allow_ragged_batch for t in postprocess_config.input)  # it answers each request on its own
     assert int(model.parameters["max_batch_tokens"].string_value) == ServingOptions().max_batch_tokens > 0
     limits = json.loads(model.parameters["limits"].string_value)
     assert limits == {"vocab_size": 30522, "type_vocab_size": 2, "max_length": 256, "pad_id": 0}

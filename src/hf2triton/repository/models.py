@@ -167,7 +167,10 @@ def step_models(
     available = {
         t.name: t for t in (model_output, text, int64("attention_mask"), int64("input_ids"), *alignment)
     }
-    postprocess_inputs = tuple(available[n] for n in task.postprocess_inputs) + windows[:1]
+    # The postprocess answers each request on its own: ragged inputs let Triton hand it every
+    # queued request in one execution (hidden states differ in width per request); without
+    # them it ran once per request (1.0 requests per execution at c16, 13 % of server compute).
+    postprocess_inputs = tuple(replace(available[n], ragged=True) for n in task.postprocess_inputs) + windows[:1]
     postprocess = PythonModel(
         name=postprocess_name,
         inputs=postprocess_inputs,
