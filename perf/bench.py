@@ -57,15 +57,15 @@ CONCURRENCIES = (1, 16, 64)
 # Instances × ONNX Runtime threads: "1x2" is one instance using both cores of this machine;
 # the defaults run two instances sharing the cores (one thread each on 2 cores).
 VARIANTS = {
-    "ensemble": ServingOptions(),
-    "ensemble_1x2": ServingOptions(model_instances=1),
-    "ensemble_delay1ms": ServingOptions(model_queue_delay_us=1000),
+    "ensemble": ServingOptions(layout="ensemble"),
+    "ensemble_1x2": ServingOptions(layout="ensemble", model_instances=1),
+    "ensemble_delay1ms": ServingOptions(layout="ensemble", model_queue_delay_us=1000),
     "fused": ServingOptions(layout="fused"),
     "fused_1x2": ServingOptions(layout="fused", model_instances=1),
     # Length-aware batching: 0 = the bucketed path (each request padded to a length bucket,
     # requests merged only within a bucket), and a smaller token budget than the default.
-    "ensemble_buckets": ServingOptions(max_batch_tokens=0),
-    "ensemble_tokens2048": ServingOptions(max_batch_tokens=2048),
+    "ensemble_buckets": ServingOptions(layout="ensemble", max_batch_tokens=0),
+    "ensemble_tokens2048": ServingOptions(layout="ensemble", max_batch_tokens=2048),
     "fused_buckets": ServingOptions(layout="fused", max_batch_tokens=0),
 }
 DEFAULT_VARIANTS = ("ensemble", "fused")  # each layout

@@ -87,9 +87,11 @@ def repository(tmp_path_factory, minilm_classifier_dir, tiny_roberta_multilabel_
     from hf2triton.precision.variants import VariantOptions
 
     root = tmp_path_factory.mktemp("repository") / "model_repository"
+    ensemble = ServingOptions(layout="ensemble")  # these tests reach the steps; the fused ones have their own
     results = {
-        DEFAULT: export_checkpoint(ExportOptions(output_dir=root)),
-        SENTIMENT: export_checkpoint(ExportOptions(checkpoint=minilm_classifier_dir, output_dir=root, name=SENTIMENT)),
+        DEFAULT: export_checkpoint(ExportOptions(output_dir=root, serving=ensemble)),
+        SENTIMENT: export_checkpoint(ExportOptions(checkpoint=minilm_classifier_dir, output_dir=root, name=SENTIMENT,
+                                                   serving=ensemble)),
         TOPICS: export_checkpoint(
             ExportOptions(checkpoint=tiny_roberta_multilabel_dir, output_dir=root, name=TOPICS,
                           max_text_bytes=2000, serving=ServingOptions(max_batch_size=8),

@@ -34,13 +34,16 @@ from hf2triton.repository.install import work_dir
 
 NAME = "clf"
 MODELS = [NAME, f"{NAME}_model", f"{NAME}_postprocess", f"{NAME}_tokenizer"]
+ENSEMBLE = ServingOptions(layout="ensemble")  # the layout with the most folders to keep consistent
 EXPORT_SCRIPT = """
 import sys
 from pathlib import Path
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 checkpoint, root, name, overwrite, max_length = sys.argv[1:]
+from hf2triton.repository import ServingOptions
 export_checkpoint(ExportOptions(checkpoint=Path(checkpoint), output_dir=Path(root), name=name,
-                                overwrite=overwrite == "overwrite", max_length=int(max_length) or None))
+                                overwrite=overwrite == "overwrite", max_length=int(max_length) or None,
+                                serving=ServingOptions(layout="ensemble")))
 """
 
 
@@ -48,10 +51,11 @@ export_checkpoint(ExportOptions(checkpoint=Path(checkpoint), output_dir=Path(roo
 def base(retrained, tmp_path_factory) -> ExportResult:
     """One real export whose files the write-level tests reuse."""
     root = tmp_path_factory.mktemp("base") / "repo"
-    return export_checkpoint(ExportOptions(checkpoint=retrained[0], output_dir=root, name="base"))
+    return export_checkpoint(ExportOptions(checkpoint=retrained[0], output_dir=root, name="base", serving=ENSEMBLE))
 
 
 def spec(base: ExportResult, root: Path, name: str, **changes) -> RepositorySpec:
+    changes.setdefault("serving", ENSEMBLE)
     manifest = {"checkpoint": {"fingerprint": base.checkpoint.fingerprint}}
     return RepositorySpec(root, name, base.checkpoint, base.layout.onnx_file, base.tokenizer_json, base.settings,
                           manifest=manifest, **changes)
@@ -97,7 +101,7 @@ def test_every_kill_point_is_exercised():
 def test_killed_exports_leave_the_previous_versions_or_the_new_ones(retrained, tmp_path):
     first, second = retrained
     root = tmp_path / "repo"
-    export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME))
+    export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME, serving=ENSEMBLE))
     before = snapshot(root)
     for point in ("staging", "journal", "half", "installed"):  # adding version 2, killed before its commit
         killed_export(second, root, point)
@@ -122,12 +126,12 @@ def test_killed_exports_leave_the_previous_versions_or_the_new_ones(retrained, t
 def test_the_next_export_recovers_and_overwrite_is_undone_whole(retrained, tiny_checkpoint, tmp_path):
     first, second = retrained
     root = tmp_path / "repo"
-    export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME))
+    export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME, serving=ENSEMBLE))
     before = snapshot(root)
     killed_export(tiny_checkpoint("electra"), root, "half", overwrite=True)  # whole folders exchanged
     assert_nothing_triton_would_load(root)
     assert snapshot(root) != before
-    result = export_checkpoint(ExportOptions(checkpoint=second, output_dir=root, name=NAME))  # recovers first
+    result = export_checkpoint(ExportOptions(checkpoint=second, output_dir=root, name=NAME, serving=ENSEMBLE))  # recovers first
     assert result.layout.version == 2, "the rolled-back electra export must not count as the previous version"
     assert not work_dir(root).exists()
     assert all(versions(root, model) == ["1", "2"] for model in MODELS)
@@ -142,7 +146,7 @@ def test_a_repository_recovered_after_a_kill_is_served(retrained, tmp_path):
 
     first, second = retrained
     root = tmp_path / "repo"
-    export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME))
+    export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME, serving=ENSEMBLE))
     killed_export(second, root, "half")
     recover_repository(root)  # what `hf2triton serve` runs before starting the server
     config = ServerConfig(root, http_port=0, grpc_port=0, metrics_port=0, log_file=tmp_path / "tritonserver.log")
@@ -221,8 +225,8 @@ def test_a_retrained_sharded_checkpoint_becomes_the_next_version(retrained, tmp_
     assert len(list(first.glob("model-*.safetensors"))) > 1
     assert fingerprint(first) != fingerprint(second)
     root = tmp_path / "repo"
-    assert export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME)).layout.version == 1
-    assert export_checkpoint(ExportOptions(checkpoint=second, output_dir=root, name=NAME)).layout.version == 2
+    assert export_checkpoint(ExportOptions(checkpoint=first, output_dir=root, name=NAME, serving=ENSEMBLE)).layout.version == 1
+    assert export_checkpoint(ExportOptions(checkpoint=second, output_dir=root, name=NAME, serving=ENSEMBLE)).layout.version == 2
 
     next(second.glob("model-*.safetensors")).unlink()
     with pytest.raises(CheckpointError, match="names shards that are not in"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import DEFAULT, TOPICS, TOPICS_FUSED
+from conftest import DEFAULT, NER, TOPICS, TOPICS_FUSED
 from hf2triton.backends import fused, onnx_model, postprocess, tokenizer
 from hf2triton.client import Client
 from hf2triton.errors import OptionsError
@@ -30,7 +30,9 @@ def test_fused_folder_is_self_contained_and_carries_the_contract(repository):
     ensemble_config = parse_pbtxt((root / TOPICS / "config.pbtxt").read_text())
     assert fused_config.backend == "python"
     assert [(t.name, t.dims) for t in fused_config.input] == [(t.name, t.dims) for t in ensemble_config.input]
-    assert [(t.name, t.dims) for t in fused_config.output] == [(t.name, t.dims) for t in ensemble_config.output]
+    # The ensemble's outputs, plus the tokens each text used (the gateway's usage counts).
+    assert [(t.name, t.dims) for t in fused_config.output] == [(t.name, t.dims) for t in ensemble_config.output] + [
+        ("TOKENS", [1])]
     for key, value in ensemble_config.parameters.items():
         assert fused_config.parameters[key].string_value == value.string_value
 
@@ -119,6 +121,30 @@ def test_switching_layout_replaces_the_other_layouts_folders(repository, tmp_pat
     assert parse_pbtxt((target / "m" / "config.pbtxt").read_text()).platform == "ensemble"
 
 
+def test_auto_layout_is_fused_unless_the_export_needs_the_ensemble(repository, tmp_path):
+    from dataclasses import replace
+
+    from hf2triton.backends.tokenizer import TextOptions
+    from hf2triton.repository.assembly import RepositorySpec, choose_layout
+
+    root, results = repository
+    assert results[NER].layout.kind == "ensemble" and results[TOPICS].layout.kind == "ensemble"  # NER; variants
+    result = results[DEFAULT]
+    plain = RepositorySpec(tmp_path, "m", result.checkpoint, result.layout.onnx_file, result.tokenizer_json,
+                           result.settings)
+    assert choose_layout(plain)[0] == "fused"
+    cases = {
+        "onnxruntime backend": replace(plain, serving=ServingOptions(backend="onnxruntime")),
+        "windows": replace(plain, text=TextOptions(stride=16, max_windows=4)),
+        "variants": replace(plain, variants={"int8_dynamic": result.layout.onnx_file}),
+        "an ensemble already there": replace(plain, root=root, name=DEFAULT),
+    }
+    for why, spec in cases.items():
+        assert choose_layout(spec)[0] == "ensemble", why
+    assert choose_layout(replace(plain, root=root, name=DEFAULT, overwrite=True))[0] == "fused"
+    assert choose_layout(replace(plain, root=root, name=TOPICS_FUSED))[0] == "fused"  # a fused model stays fused
+
+
 def test_unknown_layout_is_refused():
     with pytest.raises(OptionsError, match="layout"):
         ServingOptions(layout="pipeline")
@@ -142,6 +168,67 @@ def test_served_fused_model_answers_like_the_ensemble(server, protocol):
         for a, b in zip(got, expected):
             assert a.scores == pytest.approx(b.scores, abs=1e-5)
         assert len(got) == len(texts) > 8
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory):
+    """The default model exported with every default (--layout auto), served on its own server."""
+    from hf2triton.pipeline import ExportOptions, export_checkpoint
+    from hf2triton.serving import LocalTritonServer, ServerConfig
+
+    root = tmp_path_factory.mktemp("auto") / "model_repository"
+    result = export_checkpoint(ExportOptions(output_dir=root))
+    config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0)
+    with LocalTritonServer(config).start(ready_timeout_s=180) as running:
+        yield result, running
+
+
+@pytest.mark.e2e
+def test_default_export_is_served_fused_and_answers_like_sentence_transformers(default_export, default_model_dir):
+    """Every default: one python model; embeddings equal sentence-transformers, and TOKENS
+    equal the served tokenizer's count for each text (truncation included)."""
+    import tritonclient.grpc as grpcclient
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    result, server = default_export
+    assert result.layout.kind == "fused" and not (result.layout.root / f"{DEFAULT}_tokenizer").exists()
+    texts = [*TEXTS, "x " * 400]  # the last one is truncated
+    with Client(server.grpc_url, model=DEFAULT) as client:
+        served = client.embed(texts)
+    expected = SentenceTransformer(str(default_model_dir), device="cpu").encode(texts, convert_to_numpy=True)
+    assert ((served * expected).sum(axis=1) / np.linalg.norm(expected, axis=1)).min() >= 0.9999
+    encoder = Tokenizer.from_file(str(result.layout.tokenizer_file))
+    encoder.no_padding()
+    encoder.enable_truncation(max_length=result.settings.max_length)
+    counts = [len(encoder.encode(text).ids) for text in texts]
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        tensor = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_).reshape(-1, 1))
+        answer = raw.infer(DEFAULT, [tensor], outputs=[grpcclient.InferRequestedOutput("TOKENS")])
+    assert answer.as_numpy("TOKENS").reshape(-1).tolist() == counts
+    assert counts[-1] == result.settings.max_length
+
+
+@pytest.mark.e2e
+def test_gateway_away_from_the_repository_reads_usage_from_the_fused_model(default_export):
+    import json
+    import urllib.request
+
+    from hf2triton.gateway.run import start_gateway
+    from hf2triton.gateway.settings import GatewaySettings
+
+    result, server = default_export
+    encoder = tokenizer.load_tokenizer(result.layout.tokenizer_file, result.settings.max_length)
+    counts = [len(e.ids) for e in tokenizer.tokenize(encoder, TEXTS, result.settings)]
+    with start_gateway(GatewaySettings(triton_url=server.grpc_url, port=0)) as gateway:
+        request = urllib.request.Request(f"{gateway.url}/v1/embeddings", method="POST",
+                                         data=json.dumps({"model": DEFAULT, "input": TEXTS}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    assert len(answer["data"]) == len(TEXTS)
+    assert answer["usage"] == {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
 
 
 @pytest.mark.e2e

@@ -100,6 +100,7 @@ def test_base64_decodes_to_the_same_floats(gateway):
 
 
 def test_usage_from_the_tokenizer_step_when_away_from_the_repository(remote_gateway, token_counts):
+    """The ensemble's tokenizer step counts (the fused model answers TOKENS: tests/test_fused.py)."""
     answer = post(remote_gateway, "/v1/embeddings", {"model": DEFAULT, "input": TEXTS}).json()
     assert answer["usage"] == {"prompt_tokens": sum(token_counts), "total_tokens": sum(token_counts)}
 

@@ -280,7 +280,7 @@ def test_lora_adapter_is_merged_before_export(tmp_path, tiny_checkpoint):
         expected, unadapted = peft_model(**feed).logits.numpy(), plain(**feed).logits.numpy()
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(tmp_path / "repo" / "lora_model" / "1" / "model.onnx"))
+    session = ort.InferenceSession(str(result.layout.onnx_file))
     served = session.run(None, {k: v.numpy() for k, v in feed.items()})[0]
     np.testing.assert_allclose(served, expected, atol=1e-4)
     assert np.abs(expected - unadapted).max() > 1e-3, "the adapter must change the answers"

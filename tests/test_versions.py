@@ -23,7 +23,7 @@ TEXTS = ["good", "a terrible, boring film", "It was fine. " * 10, "Grand café!"
 
 
 def export(checkpoint: Path, root: Path, **options) -> int:
-    serving = options.pop("serving", ServingOptions())
+    serving = options.pop("serving", ServingOptions(layout="ensemble"))  # versions of all four models
     result = export_checkpoint(ExportOptions(checkpoint=checkpoint, output_dir=root, name=NAME, serving=serving,
                                              **options))
     return result.layout.version
@@ -52,7 +52,7 @@ def test_version_rules(retrained, tiny_checkpoint, tmp_path):
 
 def test_version_policy_and_warmup_in_configs(retrained, tmp_path):
     root = tmp_path / "repo"
-    export(retrained[0], root, serving=ServingOptions(version_policy=VersionPolicy.parse("specific:1,3")))
+    export(retrained[0], root, serving=ServingOptions(layout="ensemble", version_policy=VersionPolicy.parse("specific:1,3")))
     model = config(root, f"{NAME}_model")
     assert list(model.version_policy.specific.versions) == [1, 3]
     assert list(config(root, NAME).version_policy.specific.versions) == [1, 3]
@@ -61,7 +61,7 @@ def test_version_policy_and_warmup_in_configs(retrained, tmp_path):
     assert all(list(w.inputs["input_ids"].dims) == [b] for w, b in zip(model.model_warmup, buckets))
     assert len(config(root, f"{NAME}_postprocess").model_warmup) == 1  # logits have no sequence axis
     assert config(root, f"{NAME}_tokenizer").model_warmup[0].inputs["TEXT"].zero_data
-    export(retrained[1], root, serving=ServingOptions(warmup=False))  # serving knobs may change per version
+    export(retrained[1], root, serving=ServingOptions(layout="ensemble", warmup=False))  # serving knobs may change per version
     assert not config(root, f"{NAME}_model").model_warmup
     assert config(root, f"{NAME}_model").version_policy.latest.num_versions == 1
 

@@ -18,6 +18,9 @@ OUTPUT_EMBEDDING = "EMBEDDING"
 OUTPUT_LABEL = "LABEL"
 OUTPUT_SCORES = "SCORES"
 OUTPUT_ENTITIES = "ENTITIES"  # BYTES [1] per text: a JSON list of entities
+# INT64 [1] per text: the tokens the model read (special tokens in, after truncation). The
+# fused model answers it (the ensemble's tokenizer step can be asked instead): usage counts.
+OUTPUT_TOKENS = "TOKENS"
 
 # Tensors between the tokenizer and postprocess steps of token classification.
 TENSOR_OFFSETS = "offset_mapping"  # INT64 [seq, 2]: character (code point) start, end per token

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - exercised outside Triton
 
 STEP_MODULES = ("tokenizer", "onnx_model", "postprocess")  # copied beside model.py
 EMBEDDING_OUTPUT = "EMBEDDING"  # equal to hf2triton.contract's
+TOKENS_OUTPUT = "TOKENS"  # equal to hf2triton.contract.OUTPUT_TOKENS: tokens read per text
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str
         (raw,) = session.run([settings.model_output], batch.arrays)
         outputs = answer(raw, batch.arrays["attention_mask"], settings)
         outputs[truncated_output] = batch.truncated.reshape(-1, 1)
+        outputs[TOKENS_OUTPUT] = lengths[indices].reshape(-1, 1)
         for name, array in outputs.items():
             parts.setdefault(name, []).append(array)
         order.extend(int(i) for i in indices)

@@ -110,7 +110,9 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", metavar="LAYOUT", choices=LibraryChoices("hf2triton.repository:LAYOUTS"),
                         default=LibraryDefault(SERVING, "layout"),
                         help="%(choices)s. ensemble: tokenizer → model → postprocess steps; fused: one python "
-                        "model doing all three, same client contract (default: %(default)s; see README, Performance)")
+                        "model doing all three, same client contract, faster on CPU; auto: fused unless the "
+                        "export needs the ensemble (container backends, NER, long-text windows, several "
+                        "variants, an ensemble already there) (default: %(default)s; see README, Performance)")
     parser.add_argument("--model-instances", type=int, default=LibraryDefault(SERVING, "model_instances"),
                         help="ONNX Runtime step (or fused model) instances (default: %(default)s)")
     parser.add_argument("--intra-op-threads", type=int, default=LibraryDefault(SERVING, "intra_op_threads"),

@@ -20,7 +20,13 @@ from hf2triton import contract
 from hf2triton.client import ModelInfo, model_info_from_config
 from hf2triton.errors import ClientError, ServerUnavailableError
 from hf2triton.gateway.errors import ApiError, model_not_found
-from hf2triton.gateway.tokens import NoTokenCounter, TokenCounter, TritonTokenCounter, local_counter
+from hf2triton.gateway.tokens import (
+    NoTokenCounter,
+    ResponseTokenCounter,
+    TokenCounter,
+    TritonTokenCounter,
+    local_counter,
+)
 from hf2triton.gateway.triton import TritonConnection
 
 logger = logging.getLogger(__name__)
@@ -85,6 +91,9 @@ class ModelCatalog:
         except ClientError as exc:  # a step model or a foreign model: not ours to front
             logger.debug("skipping %s: %s", name, exc)
             return None
+        body = config.get("config", config)
+        if any(output.get("name") == contract.OUTPUT_TOKENS for output in body.get("output", [])):
+            return ServedModel(info, version, ResponseTokenCounter())
         return ServedModel(info, version, await self._token_counter(info, ready))
 
     async def _token_counter(self, info: ModelInfo, ready: dict[str, str]) -> TokenCounter:

@@ -70,8 +70,13 @@ class GatewayService:
 
     async def embed(self, served: ServedModel, texts: list[str]) -> Embeddings:
         outputs = (contract.OUTPUT_EMBEDDING, contract.OUTPUT_TRUNCATED)
+        if served.tokens.in_response:
+            outputs += (contract.OUTPUT_TOKENS,)
         inference = self._triton(served, self.connection.infer_columns(served.info, {contract.INPUT_TEXT: texts}, outputs))
-        if served.tokens.remote:
+        if served.tokens.in_response:
+            arrays = await inference
+            tokens = response_tokens(arrays, len(texts))
+        elif served.tokens.remote:
             arrays, tokens = await asyncio.gather(inference, self._triton(served, served.tokens.count(texts)))
         else:  # microseconds: two tasks for gather would cost more than counting
             tokens = await served.tokens.count(texts)
@@ -96,12 +101,22 @@ class GatewayService:
     async def rerank(self, served: ServedModel, query: str, documents: list[str]) -> tuple[np.ndarray, list[int]]:
         """One score per (query, document) and the token count of each pair's document."""
         columns = {contract.INPUT_TEXT: [query] * len(documents), INPUT_TEXT_PAIR: documents}
-        arrays, tokens = await asyncio.gather(
-            self._triton(served, self.connection.infer_columns(served.info, columns, (contract.OUTPUT_SCORES,))),
-            self._triton(served, served.tokens.count([query, *documents])),
-        )
+        if served.tokens.in_response:  # each pair's tokens, query included
+            arrays = await self._triton(served, self.connection.infer_columns(
+                served.info, columns, (contract.OUTPUT_SCORES, contract.OUTPUT_TOKENS)))
+            tokens = response_tokens(arrays, len(documents))
+        else:
+            arrays, tokens = await asyncio.gather(
+                self._triton(served, self.connection.infer_columns(served.info, columns, (contract.OUTPUT_SCORES,))),
+                self._triton(served, served.tokens.count([query, *documents])),
+            )
         scores = np.asarray(arrays[contract.OUTPUT_SCORES], dtype=np.float32).reshape(len(documents), -1)[:, 0]
         return scores, tokens
+
+
+def response_tokens(arrays: dict[str, np.ndarray], rows: int) -> list[int]:
+    """The ``TOKENS`` a model answered, one per row."""
+    return [int(count) for count in np.asarray(arrays[contract.OUTPUT_TOKENS]).reshape(rows, -1)[:, 0]]
 
 
 def not_a_reranker(served: ServedModel) -> ApiError:

@@ -37,8 +37,21 @@ ATTENTION_MASK = "attention_mask"  # the tokenizer step's output whose row sums 
 
 class TokenCounter(Protocol):
     remote: bool  # counting sends a request (run it concurrently with the inference), or is local and fast
+    in_response: bool  # the model answers the counts itself (OUTPUT_TOKENS): ask for them, do not count
 
     async def count(self, texts: list[str]) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class ResponseTokenCounter:
+    """The model answers ``TOKENS`` with every request (the fused layout): counts cost nothing
+    and work away from the repository. ``count`` is never called: the service reads the output."""
+
+    remote: bool = False
+    in_response: bool = True
+
+    async def count(self, texts: list[str]) -> list[int]:
+        raise NotImplementedError("read contract.OUTPUT_TOKENS from the model's answer")
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,7 @@ class LocalTokenCounter:
     tokenizer: object  # tokenizers.Tokenizer
     source: Path
     remote: bool = False
+    in_response: bool = False
 
     async def count(self, texts: list[str]) -> list[int]:
         if len(texts) <= _SERIAL_MAX:  # encode_batch hands work to a thread pool: slower for a few texts
@@ -63,6 +77,7 @@ class TritonTokenCounter:
     step: ModelInfo
     text_input: str = contract.INPUT_TEXT
     remote: bool = True
+    in_response: bool = False
 
     async def count(self, texts: list[str]) -> list[int]:
         # One call per max_batch_size chunk: each chunk's mask is padded to its own width, so masks of
@@ -78,6 +93,7 @@ class TritonTokenCounter:
 @dataclass(frozen=True)
 class NoTokenCounter:
     remote: bool = False
+    in_response: bool = False
 
     async def count(self, texts: list[str]) -> list[int]:
         return [0] * len(texts)

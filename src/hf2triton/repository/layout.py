@@ -21,8 +21,10 @@ from hf2triton.repository.configs import VersionPolicy
 log = logging.getLogger(__name__)
 
 BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
-LAYOUTS = ("ensemble", "fused")
-DEFAULT_LAYOUT = "ensemble"
+# "auto" is fused where the fused model can serve the export, else the ensemble
+# (hf2triton.repository.assembly.choose_layout says which and why).
+LAYOUTS = ("auto", "ensemble", "fused")
+DEFAULT_LAYOUT = "auto"
 MANIFEST = "hf2triton.json"  # what built it, from which checkpoint: NAME/ (latest export) and NAME/<version>/
 CONFIG = "config.pbtxt"
 
@@ -42,7 +44,7 @@ class ServingOptions:
     postprocess_instances: int = 1
     model_queue_delay_us: int = 0
     intra_op_threads: int = 0  # ONNX Runtime threads per model instance; 0 = the cores shared among instances
-    layout: str = DEFAULT_LAYOUT  # "ensemble" (three steps) or "fused" (one python model)
+    layout: str = DEFAULT_LAYOUT  # "ensemble" (three steps), "fused" (one python model) or "auto"
     preferred_batch_sizes: tuple[int, ...] = ()  # for the model step (or the fused model)
     # Model-step flavour: "python-ort" runs anywhere the python backend does (the bundled
     # CPU server); "onnxruntime" and "tensorrt" use the Triton container's own backends.
@@ -99,7 +101,7 @@ class RepositoryLayout:
     root: Path
     name: str
     version: int = 1  # the version this export wrote
-    kind: str = DEFAULT_LAYOUT
+    kind: str = "ensemble"  # or "fused": a layout as written, never "auto"
     variants: tuple[str, ...] = ()  # extra ensembles NAME_<variant> over NAME_model_<variant>
 
     @property

@@ -228,7 +228,7 @@ def fused_model(
     return PythonModel(
         name=name,
         inputs=tokenizer.inputs,
-        outputs=(*postprocess.outputs, tokenizer.outputs[-1]),
+        outputs=(*postprocess.outputs, tokenizer.outputs[-1], Tensor(contract.OUTPUT_TOKENS, "TYPE_INT64", (1,))),
         max_batch_size=serving.max_batch_size,
         instance_count=serving.model_instances,
         batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
