@@ -25,7 +25,7 @@ SERVING_FIELDS = {"max_batch_size": "max_batch_size", "model_instances": "model_
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("export", help="checkpoint → ONNX → parity check → Triton ensemble",
+    parser = commands.add_parser("export", help="checkpoint → ONNX → parity check → Triton model (fused or ensemble)",
                                  description="Export a Hugging Face checkpoint to a Triton model repository.")
     add_export_arguments(parser)
     parser.set_defaults(run=run_export)
@@ -39,7 +39,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--output", type=Path, default=Path(DEFAULT_REPOSITORY),
                         help="Triton model repository to write into (default: %(default)s)")
-    parser.add_argument("-n", "--name", help=f"ensemble name; steps are NAME_tokenizer, NAME_model, "
+    parser.add_argument("-n", "--name", help=f"served model name; ensemble steps are NAME_tokenizer, NAME_model, "
                         f"NAME_postprocess (default: the checkpoint folder's name, {DEFAULT_MODEL_NAME} "
                         "for the default model)")
     parser.add_argument("--task", choices=sorted(TASKS),

@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("texts", nargs="*", help="texts to send (default: two examples)")
     demo.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY),
                       help="(default: %(default)s)")
-    demo.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    demo.add_argument("--model", default=DEFAULT_MODEL_NAME, help="served model name (default: %(default)s)")
     demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT_S,
                       help="seconds to wait for the model (default: %(default)s)")
     demo.set_defaults(run=run_demo)
@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server address host:port (default: the local server's port for the protocol)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0], help="(default: %(default)s)")
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="served model name (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the model (default: %(default)s)")
     add_tls_arguments(parser)
 
@@ -124,7 +124,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Start the local server on free ports, send texts through the ensemble, print, stop."""
+    """Start the local server on free ports, send texts through the served model, print, stop."""
     from hf2triton.client import Client
     from hf2triton.errors import OptionsError
     from hf2triton.serving import LocalTritonServer, ServerConfig

@@ -16,11 +16,11 @@ BOTH = "both"
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "verify", help="compare a running deployment's answers with the checkpoint run in PyTorch",
-        description="Send texts to a served ensemble over gRPC and HTTP and compare every answer with the "
+        description="Send texts to a served model over gRPC and HTTP and compare every answer with the "
         "checkpoint run through transformers (embeddings: cosine; classification: labels and scores; "
         "NER: entity spans, labels and scores; rerank: CrossEncoder scores; text pairs where the model "
         "takes them). Exits 1 on any mismatch.")
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="ensemble name (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="served model name (default: %(default)s)")
     parser.add_argument("--grpc-url", default=local_url("grpc"), help="gRPC address (default: %(default)s)")
     parser.add_argument("--http-url", default=local_url("http"), help="HTTP address (default: %(default)s)")
     parser.add_argument("--protocol", choices=(BOTH, *PROTOCOLS), default=BOTH,
