@@ -68,11 +68,17 @@ class AnswerCheck:
         return self.min_cosine >= MIN_COSINE
 
 
+def venv_script(venv: Path, script: str) -> list[str]:
+    """A console script of ``venv`` run by the venv's python: its shebang names the folder the
+    venv was created in, which breaks when the checkout (and ``perf/.peers``) moves."""
+    return [str(venv / "bin" / "python"), str(venv / "bin" / script)]
+
+
 def infinity_command(venv: Path, engine: str, port: int, batch_size: int = 32) -> list[str]:
     """The command line DESIGN.md measured: relative model id, mean pooling, CPU, no URL prefix."""
     if engine not in ENGINES:
         raise PeerError(f"unknown Infinity engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    return [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", ".", "--engine", engine, "--device", "cpu",
+    return [*venv_script(venv, "infinity_emb"), "v2", "--model-id", ".", "--engine", engine, "--device", "cpu",
             "--port", str(port), "--batch-size", str(batch_size), "--url-prefix", "", "--pooling-method", "mean"]
 
 
@@ -84,7 +90,7 @@ def install_infinity(venv: Path) -> Path:
         return venv
     log.warning("installing %s into %s (once; a few minutes)", " ".join(INFINITY_REQUIREMENTS), venv)
     steps = ([] if (venv / "bin" / "pip").exists() else [[sys.executable, "-m", "venv", str(venv)]])
-    steps.append([str(venv / "bin" / "pip"), "install", "-q", *INFINITY_REQUIREMENTS])
+    steps.append([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *INFINITY_REQUIREMENTS])
     for command in steps:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -106,7 +112,7 @@ def prepare_model_folder(venv: Path, checkpoint: Path, folder: Path) -> Path:
     shutil.copytree(checkpoint, folder, dirs_exist_ok=True)
     for path in [folder, *folder.rglob("*")]:
         path.chmod(path.stat().st_mode | 0o200)  # the installed package's files are read-only
-    command = [str(venv / "bin" / "optimum-cli"), "export", "onnx", "--library-name", "transformers",
+    command = [*venv_script(venv, "optimum-cli"), "export", "onnx", "--library-name", "transformers",
                "--task", "feature-extraction", "--model", ".", "onnx"]
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=peer_environment(folder.parent))
     if done.returncode != 0 or not (folder / "onnx" / "model.onnx").exists():
