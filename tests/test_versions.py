@@ -52,7 +52,8 @@ def test_version_rules(retrained, tiny_checkpoint, tmp_path):
 
 def test_version_policy_and_warmup_in_configs(retrained, tmp_path):
     root = tmp_path / "repo"
-    export(retrained[0], root, serving=ServingOptions(layout="ensemble", version_policy=VersionPolicy.parse("specific:1,3")))
+    export(retrained[0], root,
+           serving=ServingOptions(layout="ensemble", version_policy=VersionPolicy.parse("specific:1,3")))
     model = config(root, f"{NAME}_model")
     assert list(model.version_policy.specific.versions) == [1, 3]
     assert list(config(root, NAME).version_policy.specific.versions) == [1, 3]
@@ -61,9 +62,25 @@ def test_version_policy_and_warmup_in_configs(retrained, tmp_path):
     assert all(list(w.inputs["input_ids"].dims) == [b] for w, b in zip(model.model_warmup, buckets))
     assert len(config(root, f"{NAME}_postprocess").model_warmup) == 1  # logits have no sequence axis
     assert config(root, f"{NAME}_tokenizer").model_warmup[0].inputs["TEXT"].zero_data
-    export(retrained[1], root, serving=ServingOptions(layout="ensemble", warmup=False))  # serving knobs may change per version
+    # serving knobs may change per version
+    export(retrained[1], root, serving=ServingOptions(layout="ensemble", warmup=False))
     assert not config(root, f"{NAME}_model").model_warmup
     assert config(root, f"{NAME}_model").version_policy.latest.num_versions == 1
+
+
+
+
+def test_default_layout_keeps_each_models_layout_across_versions(retrained, tmp_path):
+    """--layout auto: a new model is fused and its next checkpoint becomes version 2 of it; a
+    model already exported as an ensemble stays one (its versions continue)."""
+    fused_root, ensemble_root = tmp_path / "fused", tmp_path / "ensemble"
+    assert export(retrained[0], fused_root, serving=ServingOptions()) == 1
+    assert export(retrained[1], fused_root, serving=ServingOptions()) == 2
+    assert sorted(p.name for p in (fused_root / NAME).iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert not (fused_root / f"{NAME}_model").exists()
+    export(retrained[0], ensemble_root, serving=ServingOptions(layout="ensemble"))
+    assert export(retrained[1], ensemble_root, serving=ServingOptions()) == 2
+    assert sorted(p.name for p in (ensemble_root / f"{NAME}_model").iterdir() if p.name.isdigit()) == ["1", "2"]
 
 
 @pytest.mark.parametrize("text", ["latest:2", "specific:3,1", "all"])
