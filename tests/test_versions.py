@@ -68,8 +68,6 @@ def test_version_policy_and_warmup_in_configs(retrained, tmp_path):
     assert config(root, f"{NAME}_model").version_policy.latest.num_versions == 1
 
 
-
-
 def test_default_layout_keeps_each_models_layout_across_versions(retrained, tmp_path):
     """--layout auto: a new model is fused and its next checkpoint becomes version 2 of it; a
     model already exported as an ensemble stays one (its versions continue)."""
