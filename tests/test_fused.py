@@ -211,6 +211,15 @@ def test_default_export_is_served_fused_and_answers_like_sentence_transformers(d
 
 
 @pytest.mark.e2e
+def test_verify_passes_on_the_default_export(default_export):
+    from hf2triton.client.verify import verify
+
+    result, server = default_export
+    report = verify(DEFAULT, result.checkpoint.path, {"grpc": server.grpc_url, "http": server.http_url})
+    assert report.passed and report.checks, "\n".join(report.table())
+
+
+@pytest.mark.e2e
 def test_gateway_away_from_the_repository_reads_usage_from_the_fused_model(default_export):
     import json
     import urllib.request
