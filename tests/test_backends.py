@@ -459,3 +459,20 @@ def test_ragged_tokenizer_pads_each_request_to_its_own_longest(wordpiece, settin
     short, longer = tokenizer.encode_requests(wordpiece, [["hi", "hello there"], ["one two three four five"]], ragged)
     assert short.arrays["input_ids"].shape == (2, 4) and longer.arrays["input_ids"].shape == (1, 7)
     assert TokenizerSettings.from_json(ragged.to_json()) == ragged
+
+
+def test_a_lone_text_gets_every_core_unless_the_model_is_big_or_it_is_off():
+    mib = 2**20
+    assert onnx_model.lone_text_threads(0, instance_threads=1, model_bytes=90 * mib, cores=2) == 2
+    assert onnx_model.lone_text_threads(0, instance_threads=2, model_bytes=90 * mib, cores=2) == 0  # nothing to add
+    assert onnx_model.lone_text_threads(0, instance_threads=1, model_bytes=600 * mib, cores=2) == 0  # weights x2
+    assert onnx_model.lone_text_threads(4, instance_threads=1, model_bytes=600 * mib, cores=2) == 4  # asked for
+    assert onnx_model.lone_text_threads(1, instance_threads=1, model_bytes=90 * mib, cores=16) == 0  # off
+
+
+def test_lone_text_session_counts_external_weights(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x" * 100)
+    (tmp_path / "model.onnx.data").write_bytes(b"x" * 1000)
+    (tmp_path / "model.py").write_text("# step code is no weight")
+    assert onnx_model.model_bytes(model) == 1100

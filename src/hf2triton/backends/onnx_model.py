@@ -120,6 +120,40 @@ def threads_per_instance(configured: int, instances: int, cores: int | None = No
     return max(1, (cores or usable_cores()) // max(1, instances))
 
 
+LONE_TEXT_MAX_BYTES = 512 * 2**20  # above this, auto does not hold a second copy of the weights
+
+
+def lone_text_threads(configured: int, instance_threads: int, model_bytes: int, cores: int | None = None) -> int:
+    """Threads of the second session that runs an execution holding one text; 0 = none.
+
+    A lone request (nothing else queued: low load) would otherwise run on one instance's
+    share of the cores while the others idle. Measured on 2 cores, fused model: p50 at c1
+    10.3 -> 7.6 ms, texts/s at c16/c64 unchanged (216/248 vs 218/244).
+    """
+    wanted = configured or (cores or usable_cores())
+    if wanted <= max(1, instance_threads):
+        return 0
+    if not configured and model_bytes > LONE_TEXT_MAX_BYTES:
+        return 0
+    return wanted
+
+
+def model_bytes(model_path: Path) -> int:
+    """The ONNX file and its external-data files beside it (what a session loads)."""
+    folder = model_path.parent
+    data = [p for p in folder.iterdir() if p.is_file() and p.suffix not in (".py", ".json", ".onnx") and
+            p.name != "tokenizer.json"] if folder.is_dir() else []
+    return model_path.stat().st_size + sum(p.stat().st_size for p in data)
+
+
+def lone_text_session(model_path: Path, configured: int, instance_threads: int) -> ort.InferenceSession | None:
+    threads = lone_text_threads(configured, instance_threads, model_bytes(model_path))
+    if not threads:
+        return None
+    logger.info("a lone text runs on a second session of %d threads", threads)
+    return create_session(model_path, threads, spinning=False)
+
+
 def instance_count(config: dict) -> int:
     return sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
 
@@ -280,7 +314,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = threads_per_instance(int(params.get("intra_op_threads", "0")), instance_count(config))
-        self.session = create_session(version_dir / params.get("onnx_file", "model.onnx"), threads, spinning=False)
+        model_path = version_dir / params.get("onnx_file", "model.onnx")
+        self.session = create_session(model_path, threads, spinning=False)
+        self.lone_session = lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.limits = InputLimits.from_json(params.get("limits", "{}"))
@@ -299,11 +335,13 @@ class TritonPythonModel:
                 continue
             feeds.append(feed)
             valid.append(i)
+        lone = len(feeds) == 1 and len(next(iter(feeds[0].values()))) == 1
+        session = self.lone_session if lone and self.lone_session is not None else self.session
         if self.max_batch_tokens > 0:
-            results = run_ragged(self.session, feeds, self.output_names, self.sequence_outputs,
+            results = run_ragged(session, feeds, self.output_names, self.sequence_outputs,
                                  self.max_batch_tokens, self.limits.pad_id)
         else:
-            results = run_batched(self.session, feeds, self.output_names)
+            results = run_batched(session, feeds, self.output_names)
         for i, outputs in zip(valid, results):
             if isinstance(outputs, Exception):
                 responses[i] = _error_response(f"model step failed on this request: {outputs}",

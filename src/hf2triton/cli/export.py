@@ -21,7 +21,7 @@ SERVING_FIELDS = {"max_batch_size": "max_batch_size", "model_instances": "model_
                   "intra_op_threads": "intra_op_threads", "backend": "backend",
                   "ort_tensorrt_precision": "ort_tensorrt_precision", "layout": "layout",
                   "queue_delay_us": "model_queue_delay_us", "warmup": "warmup",
-                  "max_batch_tokens": "max_batch_tokens"}
+                  "max_batch_tokens": "max_batch_tokens", "lone_text_threads": "lone_text_threads"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -118,6 +118,10 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intra-op-threads", type=int, default=LibraryDefault(SERVING, "intra_op_threads"),
                         help="ONNX Runtime threads per model instance (0: the cores shared among the "
                         "instances; default: %(default)s)")
+    parser.add_argument("--lone-text-threads", type=int, default=LibraryDefault(SERVING, "lone_text_threads"),
+                        help="python-ort model step and fused model: threads for an execution holding one "
+                        "text, on a second session (0: every core, if more than an instance has and the "
+                        "ONNX file is under 512 MiB; 1: off; default: %(default)s)")
     parser.add_argument("--queue-delay-us", type=int, default=LibraryDefault(SERVING, "model_queue_delay_us"),
                         help="dynamic batching: max µs a request waits for others (default: %(default)s)")
     parser.add_argument("--preferred-batch-size", type=int, nargs="*",

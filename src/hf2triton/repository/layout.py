@@ -56,6 +56,12 @@ class ServingOptions:
     # sub-batches of at most this many positions (like TEI's --max-batch-tokens); 0 pads to
     # buckets instead.
     max_batch_tokens: int = 8192
+    # python-ort model step and fused model: an execution holding one text (nothing else was
+    # queued) runs on a second session with this many threads, so a lone request is not held
+    # to one instance's share of the cores. 0 = every usable core when that is more than the
+    # instance's threads and the ONNX file is under 512 MiB (the second session holds its own
+    # copy of the weights); 1 = no second session.
+    lone_text_threads: int = 0
 
     def __post_init__(self):
         problems = []
@@ -79,6 +85,8 @@ class ServingOptions:
             problems.append("intra-op threads must be 0 (one per core) or more")
         if self.max_batch_tokens < 0:
             problems.append("max batch tokens must be 0 (pad to buckets) or more")
+        if self.lone_text_threads < 0:
+            problems.append("lone-text threads must be 0 (every core), 1 (off) or more")
         if problems:
             raise OptionsError("invalid serving options: " + "; ".join(problems))
 
