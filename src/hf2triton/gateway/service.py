@@ -26,9 +26,8 @@ logger = logging.getLogger(__name__)
 
 TASK_EMBEDDINGS = "embeddings"
 TASK_CLASSIFICATION = "sequence-classification"
-# Rerankers (cross-encoders) are not exported yet. The gateway is written against this contract:
-# an ensemble with task "rerank" takes the query in TEXT and the document in TEXT_PAIR (BYTES [n, 1]
-# each, one pair per row) and returns SCORES (FP32 [n, 1]): one relevance score per pair.
+# A reranker (cross-encoder, task "rerank") takes the query in TEXT and the document in TEXT_PAIR
+# (BYTES [n, 1] each, one pair per row) and returns SCORES (FP32 [n, 1]): one relevance score per pair.
 TASK_RERANK = "rerank"
 INPUT_TEXT_PAIR = "TEXT_PAIR"
 
@@ -99,7 +98,8 @@ class GatewayService:
         return [r for r in results if isinstance(r, Classification)]
 
     async def rerank(self, served: ServedModel, query: str, documents: list[str]) -> tuple[np.ndarray, list[int]]:
-        """One score per (query, document) and the token count of each pair's document."""
+        """One score per (query, document), and token counts whose sum is the request's usage
+        (each pair's tokens when the model answers them, else the query's and each document's)."""
         columns = {contract.INPUT_TEXT: [query] * len(documents), INPUT_TEXT_PAIR: documents}
         if served.tokens.in_response:  # each pair's tokens, query included
             arrays = await self._triton(served, self.connection.infer_columns(
