@@ -82,6 +82,14 @@ def text_list(value: Any, name: str, max_inputs: int) -> list[str]:
     return value
 
 
+def top_n(body: dict[str, Any], count: int) -> int:
+    """A rerank request's ``top_n``: 1 or more, default every document."""
+    value = field(body, "top_n", int, count)
+    if value < 1:
+        raise bad_request(f"'top_n' must be >= 1, not {value}", "top_n")
+    return value
+
+
 def check_text_sizes(texts: list[str], info: ModelInfo, name: str) -> None:
     """Refuse (413) texts over the model's published byte limit, naming each."""
     limit = info.max_text_bytes

@@ -19,9 +19,9 @@ from starlette.requests import Request
 
 from hf2triton.client.results import rank_order
 from hf2triton.gateway.errors import bad_request
-from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
+from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list, top_n
 from hf2triton.gateway.responses import FastJSONResponse
-from hf2triton.gateway.service import TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker, renormalised
+from hf2triton.gateway.service import TASK_EMBEDDINGS, renormalised
 from hf2triton.gateway.state import GatewayState
 
 ENCODING_FORMATS = ("float", "base64")
@@ -93,18 +93,12 @@ async def rerank(request: Request) -> FastJSONResponse:
     name = field(body, "model", str, None)
     query = field(body, "query", str)
     documents = _documents(body.get("documents"), state.settings.max_inputs)
-    top_n = field(body, "top_n", int, len(documents))
-    if top_n < 1:
-        raise bad_request(f"'top_n' must be >= 1, not {top_n}", "top_n")
+    count = top_n(body, len(documents))
     return_documents = field(body, "return_documents", bool, False)
-    served = await state.service.catalog.pick(name, TASK_RERANK, state.settings.default_model, "/v1/rerank")
-    if served.info.task != TASK_RERANK:
-        raise not_a_reranker(served)
-    check_text_sizes([query], served.info, "query")
-    check_text_sizes(documents, served.info, "documents")
-    scores, tokens = await state.service.rerank(served, query, documents)
+    served, scores, tokens = await state.service.rerank_route(name, state.settings.default_model, "/v1/rerank",
+                                                              query, documents, "documents")
     results = []
-    for i in rank_order(scores, top_n):
+    for i in rank_order(scores, count):
         item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
         if return_documents:
             item["document"] = {"text": documents[i]}

@@ -20,6 +20,7 @@ from hf2triton.client import Classification, decode_outputs
 from hf2triton.errors import ClientError, ServerUnavailableError
 from hf2triton.gateway.catalog import ModelCatalog, ServedModel
 from hf2triton.gateway.errors import ApiError, from_client_error, model_not_found
+from hf2triton.gateway.inputs import check_text_sizes
 from hf2triton.gateway.triton import TritonConnection
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,18 @@ class GatewayService:
             )
         scores = np.asarray(arrays[contract.OUTPUT_SCORES], dtype=np.float32).reshape(len(documents), -1)[:, 0]
         return scores, tokens
+
+    async def rerank_route(self, name: str | None, default_model: str | None, route: str, query: str,
+                           documents: list[str], documents_field: str) -> tuple[ServedModel, np.ndarray, list[int]]:
+        """What every rerank route does: pick the reranker (a model of another task is refused),
+        check the texts against its limits (``documents_field`` names them in errors), score."""
+        served = await self.catalog.pick(name, TASK_RERANK, default_model, route)
+        if served.info.task != TASK_RERANK:
+            raise not_a_reranker(served)
+        check_text_sizes([query], served.info, "query")
+        check_text_sizes(documents, served.info, documents_field)
+        scores, tokens = await self.rerank(served, query, documents)
+        return served, scores, tokens
 
 
 def response_tokens(arrays: dict[str, np.ndarray], rows: int) -> list[int]:

@@ -20,10 +20,9 @@ from starlette.requests import Request
 
 from hf2triton.client.results import rank_order
 from hf2triton.gateway.errors import ApiError, bad_request
-from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list
+from hf2triton.gateway.inputs import check_text_sizes, field, read_json, require_task, text_list, top_n
 from hf2triton.gateway.responses import FastJSONResponse
-from hf2triton.gateway.service import (TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_RERANK, not_a_reranker,
-                                       renormalised)
+from hf2triton.gateway.service import TASK_CLASSIFICATION, TASK_EMBEDDINGS, renormalised
 from hf2triton.gateway.state import GatewayState
 
 
@@ -119,19 +118,12 @@ async def rerank(request: Request) -> FastJSONResponse:
     return_text = field(body, "return_text", bool, False)
     if field(body, "raw_scores", bool, False):
         raise bad_request("'raw_scores': true is not available: the served reranker returns scores", "raw_scores")
-    top_n = field(body, "top_n", int, len(texts))
-    if top_n < 1:
-        raise bad_request(f"'top_n' must be >= 1, not {top_n}", "top_n")
+    count = top_n(body, len(texts))
     field(body, "truncate", bool, False)
-    served = await state.service.catalog.pick(field(body, "model", str, None), TASK_RERANK,
-                                              state.settings.default_model, "/rerank")
-    if served.info.task != TASK_RERANK:
-        raise not_a_reranker(served)
-    check_text_sizes([query], served.info, "query")
-    check_text_sizes(texts, served.info, "texts")
-    scores, _ = await state.service.rerank(served, query, texts)
+    _, scores, _ = await state.service.rerank_route(field(body, "model", str, None), state.settings.default_model,
+                                                    "/rerank", query, texts, "texts")
     answer = []
-    for i in rank_order(scores, top_n):
+    for i in rank_order(scores, count):
         item: dict[str, Any] = {"index": i, "score": float(scores[i])}
         if return_text:
             item["text"] = texts[i]
