@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "perf"))
 
-from bench_ceiling import InProcess, batches_of, ceiling_model, measure_in_process  # noqa: E402
+from bench_ceiling import InProcess, batches_of, ceiling_model, measure_in_process, quietest  # noqa: E402
 from bench_report import document, print_report  # noqa: E402
 from hf2triton.cpu import CpuMeter, cpu_flags  # noqa: E402
 from hf2triton.perf.report import plot_throughput_latency  # noqa: E402
@@ -120,15 +120,8 @@ def measure_served(server, variant: str, texts: list[str], concurrency: int, arg
     meter = CpuMeter(os.getpgid(server.pid))
     settings = SweepSettings(model=variant, urls={"grpc": server.grpc_url}, concurrencies=(concurrency,),
                              window_s=args.seconds / 3, warmup_s=1.0, stable_windows=3, max_windows=6)
-    best = None
-    for attempt in range(args.retries + 1):
-        (point,) = run_sweep(settings, texts, meter)
-        if best is None or point.cpu_other_pct < best.cpu_other_pct:
-            best = point
-        if not point.cpu_other_pct > args.max_other or attempt == args.retries:
-            break
-        print(f"  {variant} c{concurrency}: other processes used {point.cpu_other_pct:.0f}% CPU, measuring again",
-              flush=True)
+    best = quietest(f"{variant} c{concurrency}", lambda: run_sweep(settings, texts, meter)[0],
+                    lambda point: point.cpu_other_pct, args.max_other, args.retries)
     print(f"  served {variant} c{concurrency}: {best.inferences_per_s:.1f} texts/s "
           f"(other CPU {best.cpu_other_pct:.0f}%)", flush=True)
     return best
@@ -177,13 +170,9 @@ def measure_peers(checkpoint: Path, work: Path, texts: list[str], args) -> dict[
 def measure_peer_cell(server, texts: list[str], concurrency: int, args):
     import bench_peers
 
-    best = None
-    for attempt in range(args.retries + 1):
-        point = bench_peers.measure_peer(server, texts, concurrency, args.seconds)
-        if best is None or point.other_cpu_pct < best.other_cpu_pct:
-            best = point
-        if not point.other_cpu_pct > args.max_other or attempt == args.retries:
-            break
+    best = quietest(f"{server.engine} c{concurrency}",
+                    lambda: bench_peers.measure_peer(server, texts, concurrency, args.seconds),
+                    lambda point: point.other_cpu_pct, args.max_other, args.retries)
     print(f"  {server.engine} c{concurrency}: {best.texts_per_s:.1f} texts/s (other CPU {best.other_cpu_pct:.0f}%)",
           flush=True)
     return best

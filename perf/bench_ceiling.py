@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,20 +98,34 @@ def timed_calls(call: Callable[[list[str]], object], batches: list[list[str]], s
     return done, durations, time.perf_counter() - start
 
 
+T = TypeVar("T")
+
+
+def quietest(label: str, measure: Callable[[], T], other_pct: Callable[[T], float], max_other: float,
+             retries: int) -> T:
+    """``measure()`` again (at most ``retries`` times) while other processes used over
+    ``max_other`` % CPU meanwhile; the measurement with the least other CPU."""
+    best = None
+    for attempt in range(retries + 1):
+        result = measure()
+        if best is None or other_pct(result) < other_pct(best):
+            best = result
+        if not other_pct(result) > max_other or attempt == retries:
+            break
+        log.warning("%s: other processes used %.0f%% CPU, measuring again", label, other_pct(result))
+    return best
+
+
 def measure_in_process(name: str, call, batches: list[list[str]], seconds: float, max_other: float,
                        retries: int, meter: CpuMeter) -> InProcess:
     """Texts/s over whole passes of ``batches``; re-measured while other processes use over ``max_other`` %."""
-    best = None
-    for attempt in range(retries + 1):
+
+    def measure() -> InProcess:
         call(batches[0])  # warm-up
         before = meter.sample()
         done, durations, elapsed = timed_calls(call, batches, seconds)
         usage = meter.usage(before, meter.sample())
-        result = InProcess(name, done / elapsed, 1000 * float(np.percentile(durations, 50)),
-                           1000 * float(np.percentile(durations, 99)), usage.other_pct)
-        if best is None or result.other_cpu_pct < best.other_cpu_pct:
-            best = result
-        if not result.other_cpu_pct > max_other or attempt == retries:
-            break
-        log.warning("%s: other processes used %.0f%% CPU, measuring again", name, result.other_cpu_pct)
-    return best
+        return InProcess(name, done / elapsed, 1000 * float(np.percentile(durations, 50)),
+                         1000 * float(np.percentile(durations, 99)), usage.other_pct)
+
+    return quietest(name, measure, lambda result: result.other_cpu_pct, max_other, retries)
