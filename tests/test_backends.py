@@ -476,3 +476,22 @@ def test_lone_text_session_counts_external_weights(tmp_path):
     (tmp_path / "model.onnx.data").write_bytes(b"x" * 1000)
     (tmp_path / "model.py").write_text("# step code is no weight")
     assert onnx_model.model_bytes(model) == 1100
+
+
+def test_served_sessions_spin_briefly_and_stop_when_a_run_ends(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    served = onnx_model.create_session(path, 2, spinning=False).get_session_options()
+    assert served.get_session_config_entry("session.intra_op.spin_duration_us") == str(onnx_model.SERVED_SPIN_US)
+    assert served.get_session_config_entry("session.force_spinning_stop") == "1"
+    default = onnx_model.create_session(path, 2).get_session_options()
+    with pytest.raises(Exception, match="session.force_spinning_stop"):  # ONNX Runtime's default: not set
+        default.get_session_config_entry("session.force_spinning_stop")
+    (answer,) = onnx_model.create_session(path, 2, spinning=False).run(None, {"x": np.ones(1, np.float32)})
+    assert answer.tolist() == [1.0]
