@@ -56,8 +56,9 @@ def fit(model: Path, threads: int) -> tuple[float, float]:
 
 def exported_model(work: Path) -> Path:
     from hf2triton.pipeline import ExportOptions, export_checkpoint
+    from hf2triton.repository import ServingOptions
 
-    export_checkpoint(ExportOptions(output_dir=work, name="cost"))
+    export_checkpoint(ExportOptions(output_dir=work, name="cost", serving=ServingOptions(layout="ensemble")))
     return work / "cost_model" / "1" / "model.onnx"
 
 

@@ -495,3 +495,29 @@ def test_served_sessions_spin_briefly_and_stop_when_a_run_ends(tmp_path):
         default.get_session_config_entry("session.force_spinning_stop")
     (answer,) = onnx_model.create_session(path, 2, spinning=False).run(None, {"x": np.ones(1, np.float32)})
     assert answer.tolist() == [1.0]
+
+
+def test_sessions_run_add_and_layer_norm_instead_of_the_fused_skip_layer_norm(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = [2, 3, 8]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "skip"], ["sum"]),
+         helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)],
+        "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "skip")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(np.ones(8, np.float32), "gamma"), numpy_helper.from_array(np.zeros(8, np.float32), "beta")])
+    path = tmp_path / "skip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    def op_types(saved) -> set[str]:
+        return {node.op_type for node in onnx.load(str(saved)).graph.node}
+
+    options = ort.SessionOptions()  # ONNX Runtime's default fuses the pair
+    options.optimized_model_filepath = str(tmp_path / "default.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in op_types(tmp_path / "default.onnx")
+    onnx_model.create_session(path, 1, save_optimized=tmp_path / "ours.onnx")
+    assert op_types(tmp_path / "ours.onnx") == {"Add", "LayerNormalization"}
