@@ -217,3 +217,15 @@ def test_a_cell_is_measured_again_while_other_processes_are_busy_and_the_quietes
     assert quietest("cell", lambda: next(others), float, max_other=25, retries=2) == 10.0  # quiet: no retry
     others = iter([50.0, 60.0])
     assert quietest("cell", lambda: next(others), float, max_other=25, retries=0) == 50.0  # no retries left
+
+
+def test_spin_policy_script_times_every_policy_on_the_served_pipeline(exported, capsys):
+    import spin_policy
+
+    root, _ = exported
+    assert spin_policy.main([str(root / "ensemble_model" / "1" / "model.onnx"), "--texts", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    policies = [line for line in lines if " p50 " in line]
+    assert [line.split(" p50 ")[0].strip() for line in policies] == [
+        "default (spin while idle)", "none", f"brief ({spin_policy.onnx_model.SERVED_SPIN_US} µs, served)"]
+    assert all(float(line.split("CPU")[1].split("ms")[0]) > 0 for line in policies)
