@@ -73,7 +73,8 @@ def contention(result: dict) -> dict[str, float]:
     return {"median": statistics.median(values), "max": max(values)} if values else {}
 
 
-def document(command: str, args, texts: list[str], source: str, ceilings, served, peers) -> dict:
+def document(command: str, args, texts: list[str], source: str, ceilings, served, peers, passes=None) -> dict:
+    """The results file; ``passes``: each ceiling measurement (name -> cell) when there were several."""
     words = [len(text.split()) for text in texts]
     result = {
         "command": command,
@@ -87,6 +88,8 @@ def document(command: str, args, texts: list[str], source: str, ceilings, served
                   "max_words": max(words)},
         "versions": versions(),
         "ceilings": {name: asdict(cell) for name, cell in ceilings.items()},
+        "ceiling_passes": {when: {name: round(cell.texts_per_s, 1) for name, cell in cells.items()}
+                           for when, cells in (passes or {}).items()},
         "served": {variant: {str(c): served_cell(p) for c, p in cells.items()} for variant, cells in served.items()},
         "peers": {name: {**peer, "points": {str(c): p for c, p in peer.get("points", {}).items()}}
                   for name, peer in peers.items()},
@@ -107,6 +110,10 @@ def print_report(result: dict) -> None:
     for name, cell in result["ceilings"].items():
         print(f"  {name:<28} {cell['texts_per_s']:8.1f} texts/s  p50 {cell['p50_ms']:7.1f} ms  "
               f"other CPU {cell['other_cpu_pct']:.0f}%")
+    passes = result.get("ceiling_passes", {})
+    if passes:
+        print("  the faster of " + ", ".join(
+            f"{when}: {' / '.join(f'{value:.0f}' for value in cells.values())}" for when, cells in passes.items()))
     print("\nserved (gRPC, one text per request) and peers, texts/s at c1 / c16 / c64 (other CPU %):")
     for variant, cells in result["served"].items():
         print(f"  hf2triton {variant:<18} " + " / ".join(f"{cells[c]['texts_per_s']:.1f}" for c in ("1", "16", "64"))

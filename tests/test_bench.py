@@ -229,3 +229,13 @@ def test_spin_policy_script_times_every_policy_on_the_served_pipeline(exported, 
     assert [line.split(" p50 ")[0].strip() for line in policies] == [
         "default (spin while idle)", "none", f"brief ({spin_policy.onnx_model.SERVED_SPIN_US} µs, served)"]
     assert all(float(line.split("CPU")[1].split("ms")[0]) > 0 for line in policies)
+
+
+def test_each_ceiling_cell_keeps_the_faster_pass():
+    import bench
+    from bench_ceiling import InProcess
+
+    before = {"ort_b1": InProcess("ort_b1", 140.0, 7.0, 9.0, 0.0), "ort_b32_sorted": InProcess("ort_b32_sorted", 270.0, 110, 200, 0)}
+    after = {"ort_b1": InProcess("ort_b1", 195.0, 4.9, 8.0, 1.0), "ort_b32_sorted": InProcess("ort_b32_sorted", 250.0, 120, 210, 0)}
+    kept = bench.faster_cells(before, after)
+    assert kept["ort_b1"] is after["ort_b1"] and kept["ort_b32_sorted"] is before["ort_b32_sorted"]

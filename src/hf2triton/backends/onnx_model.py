@@ -105,8 +105,8 @@ def create_session(model_path: str | Path, intra_op_threads: int = 0, spinning: 
     Served steps share the cores with the tokenizer, Triton and other instances. Threads
     that spin while idle (ONNX Runtime's default) take those cores: one fused instance of
     two threads served 126 -> 177 texts/s at c16 without spinning. Not spinning at all
-    costs a thread wake-up per operator: one text on two threads ran in 6.7 ms instead of
-    5.2 (and 11.7 instead of 10.3 ms of CPU); the brief spin keeps both gains.
+    costs a thread wake-up per operator: one text on two threads took 4.23 ms instead of
+    3.57 with the brief spin, which also used the least CPU (``perf/spin_policy.py``).
     ``save_optimized``: where to write the graph ONNX Runtime runs (after its fusions).
     """
     options = ort.SessionOptions()
