@@ -521,3 +521,34 @@ def test_sessions_run_add_and_layer_norm_instead_of_the_fused_skip_layer_norm(tm
     assert "SkipLayerNormalization" in op_types(tmp_path / "default.onnx")
     onnx_model.create_session(path, 1, save_optimized=tmp_path / "ours.onnx")
     assert op_types(tmp_path / "ours.onnx") == {"Add", "LayerNormalization"}
+
+
+def test_a_lone_text_takes_every_core_only_while_no_other_instance_executes(tmp_path):
+    import threading
+
+    args = {"model_repository": str(tmp_path / "fused"), "model_name": "fused"}
+    first, second = onnx_model.core_gate(args), onnx_model.core_gate(args)  # two instances of one model
+    assert first.lock_path == second.lock_path and first.lock_path.name.startswith("hf2triton-fused-")
+    with second.execution(lone=True) as every_core:
+        assert every_core  # the other instance is idle
+    with first.execution(lone=False) as every_core:
+        assert not every_core
+        with second.execution(lone=True) as every_core:
+            assert not every_core  # the first instance is executing: stay on one's own threads
+    with first.execution(lone=True) as every_core:
+        assert every_core  # released again
+        entered = threading.Event()
+
+        def other_execution():
+            with second.execution(lone=False):
+                entered.set()
+
+        worker = threading.Thread(target=other_execution)
+        worker.start()
+        assert not entered.wait(0.2)  # waits while a lone text holds every core
+    worker.join(5)
+    assert entered.is_set()
+    other = onnx_model.core_gate({"model_repository": str(tmp_path / "other"), "model_name": "fused"})
+    assert other.lock_path != first.lock_path  # another repository's model of the same name
+    for gate in (first, second, other):
+        gate.close()

@@ -130,9 +130,9 @@ class TritonPythonModel:
             int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)
         )
         model_path = version_dir / params.get("onnx_file", "model.onnx")
-        self.session = onnx_model.create_session(model_path, threads, spinning=False)
-        self.lone_session = onnx_model.lone_text_session(model_path, int(params.get("lone_text_threads", "1")),
-                                                         threads)
+        self.sessions = onnx_model.LoneText(
+            onnx_model.create_session(model_path, threads, spinning=False),
+            onnx_model.lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads), args)
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]
@@ -171,9 +171,9 @@ class TritonPythonModel:
         return responses
 
     def _run_texts(self, texts: list[str], pairs: list | None = None) -> dict[str, np.ndarray]:
-        lone = len(texts) == 1 and self.lone_session is not None
-        return run_texts(self.lone_session if lone else self.session, self.token_settings, self.answer_settings,
-                         texts, self.encoder, self.truncated_output, self.max_batch_tokens, pairs)
+        with self.sessions.session_for(len(texts) == 1) as session:
+            return run_texts(session, self.token_settings, self.answer_settings, texts, self.encoder,
+                             self.truncated_output, self.max_batch_tokens, pairs)
 
     def _run(self, texts_per_request: list[list[str]], pairs_per_request: list) -> list:
         """Each request's outputs (or its exception): all in one run, else one run per request."""
