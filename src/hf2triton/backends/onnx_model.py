@@ -153,7 +153,7 @@ def lone_text_threads(configured: int, instance_threads: int, model_bytes: int, 
 
     A lone request (nothing else queued: low load) would otherwise run on one instance's
     share of the cores while the others idle. Measured on 2 cores, fused model: p50 at c1
-    10.3 -> 7.6 ms, texts/s at c16/c64 unchanged (216/248 vs 218/244).
+    10.3 -> 7.6 ms. Used only while the other instances are idle (:class:`CoreGate`).
     """
     wanted = configured or (cores or usable_cores())
     if wanted <= max(1, instance_threads):
