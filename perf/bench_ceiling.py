@@ -63,18 +63,24 @@ class CeilingModel:
         return fused.answer(hidden, mask, self.answer)[fused.EMBEDDING_OUTPUT]
 
 
-def ceiling_model(repository: Path, name: str, onnx_file: Path | None = None) -> CeilingModel:
-    """The served tokenizer and ONNX file of ensemble ``name`` (or another ONNX file, e.g. a fused graph)."""
+# The benchmark's model is an embedder: mean-pooled, normalised last hidden state.
+EMBEDDING_ANSWER = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
+
+
+def served_tokenizer(repository: Path, name: str):
+    """(tokenizers.Tokenizer, TokenizerSettings) of ensemble ``name``'s tokenizer step, as served."""
     from hf2triton.repository import parse_pbtxt
 
     config = parse_pbtxt((repository / f"{name}_tokenizer" / "config.pbtxt").read_text())
     settings = TokenizerSettings.from_json(config.parameters["settings"].string_value)
-    encoder = load_tokenizer(repository / f"{name}_tokenizer" / "1" / "tokenizer.json", settings.max_length)
-    model_dir = repository / f"{name}_model" / "1"
-    served = onnx_file or model_dir / "model.onnx"
-    session = onnx_model.create_session(served)
-    return CeilingModel(encoder, session, settings, fused.AnswerSettings(task="embeddings",
-                                                                         model_output="last_hidden_state"))
+    return load_tokenizer(repository / f"{name}_tokenizer" / "1" / "tokenizer.json", settings.max_length), settings
+
+
+def ceiling_model(repository: Path, name: str, onnx_file: Path | None = None) -> CeilingModel:
+    """The served tokenizer and ONNX file of ensemble ``name`` (or another ONNX file, e.g. a fused graph)."""
+    encoder, settings = served_tokenizer(repository, name)
+    served = onnx_file or repository / f"{name}_model" / "1" / "model.onnx"
+    return CeilingModel(encoder, onnx_model.create_session(served), settings, EMBEDDING_ANSWER)
 
 
 def batches_of(texts: Sequence[str], size: int, lengths: Sequence[int] | None = None) -> list[list[str]]:

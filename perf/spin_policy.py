@@ -29,11 +29,11 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "perf"))
 
 from batch_cost import exported_model  # noqa: E402
+from bench_ceiling import EMBEDDING_ANSWER, served_tokenizer  # noqa: E402
 
-from hf2triton.backends import fused, onnx_model, tokenizer  # noqa: E402
+from hf2triton.backends import fused, onnx_model  # noqa: E402
 from hf2triton.cpu import cpu_flags  # noqa: E402
 from hf2triton.perf.corpus import load_texts  # noqa: E402
-from hf2triton.repository import parse_pbtxt  # noqa: E402
 
 
 def policies(model: Path, threads: int) -> dict[str, Callable[[], ort.InferenceSession]]:
@@ -60,12 +60,8 @@ def main(argv=None) -> int:
     print("CPU flags:", " ".join(cpu_flags()) or "unknown")
     with tempfile.TemporaryDirectory() as work:
         model = args.model or exported_model(Path(work))
-        step = model.parents[1]
-        tokenizer_dir = step.with_name(step.name.removesuffix("_model") + "_tokenizer")
-        config = parse_pbtxt((tokenizer_dir / "config.pbtxt").read_text())
-        settings = tokenizer.TokenizerSettings.from_json(config.parameters["settings"].string_value)
-        encoder = tokenizer.load_tokenizer(tokenizer_dir / "1" / "tokenizer.json", settings.max_length)
-        answer = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
+        step = model.parents[1]  # REPOSITORY/NAME_model
+        encoder, settings = served_tokenizer(step.parent, step.name.removesuffix("_model"))
         texts = load_texts()[: args.texts]
         made = policies(model, 2)
         wall: dict[str, list[float]] = {name: [] for name in made}
@@ -73,10 +69,10 @@ def main(argv=None) -> int:
         for _ in range(2):
             for name, make in made.items():
                 session = make()
-                fused.run_texts(session, settings, answer, texts[:1], encoder, max_batch_tokens=8192)  # warm-up
+                fused.run_texts(session, settings, EMBEDDING_ANSWER, texts[:1], encoder, max_batch_tokens=8192)  # warm-up
                 for text in texts:
                     started, cpu_started = time.perf_counter(), time.process_time()
-                    fused.run_texts(session, settings, answer, [text], encoder, max_batch_tokens=8192)
+                    fused.run_texts(session, settings, EMBEDDING_ANSWER, [text], encoder, max_batch_tokens=8192)
                     wall[name].append(time.perf_counter() - started)
                     cpu[name] += time.process_time() - cpu_started
                     time.sleep(0.002)
