@@ -69,6 +69,7 @@ VARIANTS = {
     "ensemble_buckets": ServingOptions(layout="ensemble", max_batch_tokens=0),
     "ensemble_tokens2048": ServingOptions(layout="ensemble", max_batch_tokens=2048),
     "fused_buckets": ServingOptions(layout="fused", max_batch_tokens=0),
+    "fused_padded": ServingOptions(layout="fused", pack_tokens=0),  # no packed graph: padded sub-batches only
 }
 DEFAULT_VARIANTS = ("ensemble", "fused")  # each layout
 
@@ -79,11 +80,18 @@ def export_variants(root: Path, names: list[str]):
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import RepositorySpec, write_repository
 
+    from hf2triton.export.packing import packed_graph_of
+
     base = export_checkpoint(ExportOptions(output_dir=root, name="ensemble", serving=VARIANTS["ensemble"]))
+    packed = None
+    if any(VARIANTS[name].layout == "fused" and VARIANTS[name].pack_tokens for name in names):
+        packed = packed_graph_of(base.checkpoint, base.layout.onnx_file, base.tokenizer_json, base.settings,
+                                 root.parent / f"{root.name}.packed.onnx")  # outside: Triton reads every folder
     for name in names:
         if name != "ensemble":
             write_repository(RepositorySpec(root, name, base.checkpoint, base.layout.onnx_file, base.tokenizer_json,
-                                            base.settings, VARIANTS[name], manifest={"variant": name}))
+                                            base.settings, VARIANTS[name], manifest={"variant": name},
+                                            packed_onnx_file=packed))
     return default_checkpoint()
 
 

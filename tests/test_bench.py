@@ -239,3 +239,21 @@ def test_each_ceiling_cell_keeps_the_faster_pass():
     after = {"ort_b1": InProcess("ort_b1", 195.0, 4.9, 8.0, 1.0), "ort_b32_sorted": InProcess("ort_b32_sorted", 250.0, 120, 210, 0)}
     kept = bench.faster_cells(before, after)
     assert kept["ort_b1"] is after["ort_b1"] and kept["ort_b32_sorted"] is before["ort_b32_sorted"]
+
+
+def test_fused_variants_get_the_packed_graph_and_the_packing_script_compares_both_plans(tmp_path, capsys):
+    import bench
+    import packing
+
+    root = tmp_path / "repository"
+    bench.export_variants(root, ["fused", "fused_padded"])
+    assert (root / "fused" / "1" / packing.onnx_model.PACKED_FILE).is_file()
+    assert not (root / "fused_padded" / "1" / packing.onnx_model.PACKED_FILE).exists()
+    assert all((p / "config.pbtxt").is_file() for p in root.iterdir() if p.is_dir())  # Triton reads every folder
+    assert packing.main([str(root / "fused"), "--seconds", "0.05", "--sizes", "1", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "random texts per call" in line]
+    assert [int(line.split()[0]) for line in rows] == [1, 4]
+    assert all(float(line.split("packed ÷ padded")[1]) > 0 for line in rows)
+    assert packing.main([str(root / "fused_padded")]) == 2  # no packed graph: says so
+    assert "has no packed graph" in capsys.readouterr().out

@@ -26,6 +26,7 @@ def test_fused_folder_is_self_contained_and_carries_the_contract(repository):
     version = root / TOPICS_FUSED / "1"
     assert {p.name for p in version.iterdir()} >= {"model.py", "tokenizer.py", "onnx_model.py", "postprocess.py",
                                                     "tokenizer.json", "model.onnx"}
+    assert not (version / onnx_model.PACKED_FILE).exists()  # a classifier: its head reads one position per row
     fused_config = parse_pbtxt((root / TOPICS_FUSED / "config.pbtxt").read_text())
     ensemble_config = parse_pbtxt((root / TOPICS / "config.pbtxt").read_text())
     assert fused_config.backend == "python"
@@ -193,6 +194,7 @@ def test_default_export_is_served_fused_and_answers_like_sentence_transformers(d
 
     result, server = default_export
     assert result.layout.kind == "fused" and not (result.layout.root / f"{DEFAULT}_tokenizer").exists()
+    assert (result.layout.onnx_file.parent / onnx_model.PACKED_FILE).is_file()  # an embedder: packed rows
     texts = [*TEXTS, "x " * 400]  # the last one is truncated
     with Client(server.grpc_url, model=DEFAULT) as client:
         served = client.embed(texts)
@@ -208,6 +210,44 @@ def test_default_export_is_served_fused_and_answers_like_sentence_transformers(d
         answer = raw.infer(DEFAULT, [tensor], outputs=[grpcclient.InferRequestedOutput("TOKENS")])
     assert answer.as_numpy("TOKENS").reshape(-1).tolist() == counts
     assert counts[-1] == result.settings.max_length
+
+
+@pytest.mark.e2e
+def test_served_packed_rows_answer_like_each_text_alone(default_export):
+    """Short texts of mixed lengths in one request share packed rows; each embedding equals
+    the one the text gets alone (one row, nothing packed beside it)."""
+    result, server = default_export
+    texts = ["ok", "Terrible service. Never again.", "I loved this film, the acting was superb and the music too!",
+             "A medium-length sentence about distributed inference servers and dynamic batching.", "Fine."]
+    encoder = tokenizer.load_tokenizer(result.layout.tokenizer_file, result.settings.max_length)
+    lengths = np.array([len(e.ids) for e in tokenizer.tokenize(encoder, texts, result.settings)])
+    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)
+    with Client(server.grpc_url, model=DEFAULT) as client:
+        together = client.embed(texts)
+        alone = np.concatenate([client.embed([text]) for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_fused_model_runs_the_packed_graph_of_a_version_that_has_one(default_export):
+    """As tritonserver's stub loads it: the version's packed graph, rows of up to pack_tokens
+    (0 in the config: one text per row on the same graph, so an older version still loads)."""
+    import json
+
+    from google.protobuf import json_format
+
+    result, _ = default_export
+    config = parse_pbtxt((result.layout.root / DEFAULT / "config.pbtxt").read_text())
+    for pack_tokens, rows in (("256", 256), ("0", 1)):
+        config.parameters["pack_tokens"].string_value = pack_tokens
+        model = fused.TritonPythonModel()
+        model.initialize({"model_config": json.dumps(json_format.MessageToDict(
+            config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)),
+                          "model_repository": str(result.layout.root / DEFAULT), "model_version": "1",
+                          "model_name": DEFAULT})
+        session = model.sessions.session
+        assert [i.name for i in session.get_inputs()] == list(onnx_model.PACKED_INPUTS)
+        assert model.packed_rows == rows
+        assert model._run_texts(TEXTS)["EMBEDDING"].shape == (len(TEXTS), 384)
 
 
 @pytest.mark.e2e

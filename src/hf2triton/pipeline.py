@@ -21,6 +21,7 @@ from hf2triton.contract import DEFAULT_MODEL_NAME, DEFAULT_REPOSITORY
 from hf2triton.export.checkpoint import Checkpoint, default_checkpoint, inspect_checkpoint
 from hf2triton.errors import OptionsError
 from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_model
+from hf2triton.export.packing import packed_graph
 from hf2triton.export.peft import is_adapter, merge_adapter
 from hf2triton.export.parity import ParityReport, check_parity, require_parity
 from hf2triton.repository import RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, write_repository
@@ -187,6 +188,9 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         grid, notes, served = measure_and_select(variants, settings, options.variants)
         plans = build_engines(variants, work, checkpoint, settings, options) if options.engines else {}
         mark = time.perf_counter()
+        packed = packed_served_graph(model, checkpoint, served, work, tokenizer, settings, options)
+        seconds["packed"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         extra = {v.name: v.path for v in variants if v.name != served.name}
         reports = {
             "parity": asdict(report),
@@ -197,6 +201,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             name=name,
             checkpoint=checkpoint,
             onnx_file=served.path,
+            packed_onnx_file=packed,
             tokenizer_json=tokenizer_json,
             settings=settings,
             serving=options.serving,
@@ -213,6 +218,19 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
     seconds["total"] = time.perf_counter() - start
     return ExportResult(layout, checkpoint, report, seconds, tuple(variants), tuple(rejected.items()), served.name,
                         tuple(grid), tuple(notes), settings, entities)
+
+
+def packed_served_graph(model, checkpoint: Checkpoint, served: Variant, work: Path, tokenizer,
+                        settings: TokenizerSettings, options: ExportOptions) -> Path | None:
+    """The packed graph of the served fp32 model, for the fused layout (``--pack-tokens`` > 0)."""
+    serving = options.serving
+    if serving.pack_tokens == 0 or serving.layout == "ensemble" or serving.backend != "python-ort":
+        return None
+    if served.name != "fp32":
+        log.info("no packed graph for the %s variant: its padded graph serves", served.name)
+        return None
+    return packed_graph(model, checkpoint, served.path, work / "model.packed.onnx", tokenizer, settings,
+                        atol=options.atol, opset=options.opset)
 
 
 def measure_and_select(

@@ -5,7 +5,9 @@ The same client contract as the ensemble (``TEXT`` in; ``EMBEDDING`` or ``LABEL`
 without the two extra hops between steps. All texts of all requests in one
 ``execute`` call are tokenized in one Rust batch call, sorted by length and run in
 padding-minimal sub-batches of at most ``max_batch_tokens`` positions (0: grouped by
-sequence-length bucket instead), each postprocessed on its own. A bad
+sequence-length bucket instead), each postprocessed on its own. A version exported with
+a packed graph (``model.packed.onnx``) may also run several texts per row (rows of up to
+``pack_tokens``), where that costs less than padding (``onnx_model.pack_call``). A bad
 request gets its own error; if the merged run raises, each request is run on its own
 so only the culprit fails.
 
@@ -77,20 +79,10 @@ def answer(hidden_or_logits: np.ndarray, mask: np.ndarray, settings: AnswerSetti
     return {postprocess.LABEL_OUTPUT: top.reshape(-1, 1), postprocess.SCORES_OUTPUT: probs}
 
 
-def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,
-              truncated_output: str = "TRUNCATED", max_batch_tokens: int = 0,
-              pairs: list | None = None) -> dict[str, np.ndarray]:
-    """The whole pipeline on ``texts``: one tokenizer call, then one ONNX Runtime call per sub-batch.
-
-    ``encoder`` is a loaded ``tokenizers.Tokenizer``; outputs come back in text order.
-    Sub-batches: texts sorted by length under ``max_batch_tokens`` (> 0), else by bucket.
-    ``pairs`` (optional) holds each text's second text, or None for a text sent alone.
-    """
-    if pairs is not None and any(pair is not None for pair in pairs):
-        encodings = tokenizer.tokenize_mixed(encoder, texts, pairs, token_settings)
-    else:
-        encodings = tokenizer.tokenize(encoder, texts, token_settings)
-    lengths = np.array([len(encoding.ids) for encoding in encodings], dtype=np.int64)
+def padded_calls(session, encodings: list, lengths: np.ndarray, token_settings, model_output: str,
+                 max_batch_tokens: int):
+    """(text indices, raw output, attention mask) per ONNX Runtime call of a padded graph:
+    texts sorted by length under ``max_batch_tokens`` (> 0), else grouped by bucket."""
     if max_batch_tokens > 0:
         groups = [(indices, int(lengths[indices].max())) for indices in
                   onnx_model.plan_batches(lengths, max_batch_tokens)]
@@ -99,13 +91,50 @@ def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str
         for index, length in enumerate(lengths):
             by_bucket.setdefault(tokenizer.choose_bucket(int(length), token_settings.buckets), []).append(index)
         groups = [(np.array(indices), bucket) for bucket, indices in by_bucket.items()]
-    parts: dict[str, list[np.ndarray]] = {}
-    order: list[int] = []
     for indices, width in groups:
         batch = tokenizer.pad_to_width([encodings[i] for i in indices], token_settings, max(width, 1))
-        (raw,) = session.run([settings.model_output], batch.arrays)
-        outputs = answer(raw, batch.arrays["attention_mask"], settings)
-        outputs[truncated_output] = batch.truncated.reshape(-1, 1)
+        (raw,) = session.run([model_output], batch.arrays)
+        yield indices, raw, batch.arrays["attention_mask"]
+
+
+def packed_calls(session, encodings: list, lengths: np.ndarray, token_settings, model_output: str,
+                 max_batch_tokens: int, row_tokens: int):
+    """The same per call of a packed graph (``onnx_model.PACKED_FILE``): several texts per row."""
+    token_ids = [encoding.ids for encoding in encodings]
+    for rows in onnx_model.pack_calls(lengths, row_tokens, max_batch_tokens):
+        batch = onnx_model.packed_batch(token_ids, rows, token_settings.pad_id)
+        (raw,) = session.run([model_output], batch.feeds)
+        indices = [index for row in rows for index in row]
+        padded, mask = onnx_model.unpack(raw, batch, lengths, indices)
+        yield np.array(indices), padded, mask
+
+
+def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,
+              truncated_output: str = "TRUNCATED", max_batch_tokens: int = 0,
+              pairs: list | None = None, packed_rows: int = 0) -> dict[str, np.ndarray]:
+    """The whole pipeline on ``texts``: one tokenizer call, then one ONNX Runtime call per sub-batch.
+
+    ``encoder`` is a loaded ``tokenizers.Tokenizer``; outputs come back in text order.
+    Sub-batches: texts sorted by length under ``max_batch_tokens`` (> 0), else by bucket.
+    ``packed_rows`` > 0: ``session`` runs a packed graph, rows of about this many tokens.
+    ``pairs`` (optional) holds each text's second text, or None for a text sent alone.
+    """
+    if pairs is not None and any(pair is not None for pair in pairs):
+        encodings = tokenizer.tokenize_mixed(encoder, texts, pairs, token_settings)
+    else:
+        encodings = tokenizer.tokenize(encoder, texts, token_settings)
+    lengths = np.array([len(encoding.ids) for encoding in encodings], dtype=np.int64)
+    truncated = np.array([bool(encoding.overflowing) for encoding in encodings], dtype=bool)
+    if packed_rows > 0:
+        calls = packed_calls(session, encodings, lengths, token_settings, settings.model_output,
+                             max_batch_tokens, packed_rows)
+    else:
+        calls = padded_calls(session, encodings, lengths, token_settings, settings.model_output, max_batch_tokens)
+    parts: dict[str, list[np.ndarray]] = {}
+    order: list[int] = []
+    for indices, raw, mask in calls:
+        outputs = answer(raw, mask, settings)
+        outputs[truncated_output] = truncated[indices].reshape(-1, 1)
         outputs[TOKENS_OUTPUT] = lengths[indices].reshape(-1, 1)
         for name, array in outputs.items():
             parts.setdefault(name, []).append(array)
@@ -130,6 +159,10 @@ class TritonPythonModel:
             int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)
         )
         model_path = version_dir / params.get("onnx_file", "model.onnx")
+        self.packed_rows = 0
+        if (version_dir / onnx_model.PACKED_FILE).is_file():  # this version was exported with a packed graph
+            model_path = version_dir / onnx_model.PACKED_FILE
+            self.packed_rows = max(int(params.get("pack_tokens", "0")), 1)  # 0: one text per row
         self.sessions = onnx_model.LoneText(
             onnx_model.create_session(model_path, threads, spinning=False),
             onnx_model.lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads), args)
@@ -173,7 +206,7 @@ class TritonPythonModel:
     def _run_texts(self, texts: list[str], pairs: list | None = None) -> dict[str, np.ndarray]:
         with self.sessions.session_for(len(texts) == 1) as session:
             return run_texts(session, self.token_settings, self.answer_settings, texts, self.encoder,
-                             self.truncated_output, self.max_batch_tokens, pairs)
+                             self.truncated_output, self.max_batch_tokens, pairs, self.packed_rows)
 
     def _run(self, texts_per_request: list[list[str]], pairs_per_request: list) -> list:
         """Each request's outputs (or its exception): all in one run, else one run per request."""

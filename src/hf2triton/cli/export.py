@@ -21,7 +21,8 @@ SERVING_FIELDS = {"max_batch_size": "max_batch_size", "model_instances": "model_
                   "intra_op_threads": "intra_op_threads", "backend": "backend",
                   "ort_tensorrt_precision": "ort_tensorrt_precision", "layout": "layout",
                   "queue_delay_us": "model_queue_delay_us", "warmup": "warmup",
-                  "max_batch_tokens": "max_batch_tokens", "lone_text_threads": "lone_text_threads"}
+                  "max_batch_tokens": "max_batch_tokens", "lone_text_threads": "lone_text_threads",
+                  "pack_tokens": "pack_tokens"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -131,6 +132,11 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
                         help="python-ort model step and fused model: texts of all queued requests sorted by "
                         "length, run in sub-batches of at most this many positions; 0 pads requests to "
                         "buckets instead (default: %(default)s)")
+    parser.add_argument("--pack-tokens", type=int, default=LibraryDefault(SERVING, "pack_tokens"),
+                        help="fused layout, embedders: also export a packed graph (several texts per row, "
+                        "parity-checked beside model.onnx) and run short texts of mixed lengths packed in "
+                        "rows of up to this many tokens, where that costs less than padding; 0: no packed "
+                        "graph (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version to write (default: 1 for a new model; "
                         "the next version when NAME holds another checkpoint with the same interface; "
                         "the same version when it holds this checkpoint)")

@@ -80,6 +80,7 @@ class RepositorySpec:
     plans: dict[str, Path] = field(default_factory=dict)
     entities: EntitySettings | None = None
     text: TextOptions = TextOptions()  # long-text windows and prompts
+    packed_onnx_file: Path | None = None  # fused layout: the packed graph it serves (hf2triton.export.packing)
 
     def served_variants(self) -> dict[str, Path]:
         if self.serving.layout != "fused":
@@ -128,7 +129,8 @@ def write_repository(spec: RepositorySpec) -> RepositoryLayout:
     spec = resolved(spec)
     variants = spec.served_variants()
     models = repository_models(spec.name, spec.checkpoint, spec.onnx_file, spec.tokenizer_json, spec.settings,
-                               spec.serving, spec.entities, variants, spec.plans, spec.text)
+                               spec.serving, spec.entities, variants, spec.plans, spec.text,
+                               spec.packed_onnx_file)
     root = prepare_root(spec.root)
     planned = RepositoryLayout(root, spec.name, kind=spec.serving.layout, variants=tuple(variants))
     with repository_lock(root):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2triton import contract
+from hf2triton.backends.onnx_model import DEFAULT_PACK_TOKENS
 from hf2triton.errors import OptionsError, RepositoryError
 from hf2triton.repository.configs import VersionPolicy
 
@@ -62,6 +63,10 @@ class ServingOptions:
     # instance's threads and the ONNX file is under 512 MiB (the second session holds its own
     # copy of the weights); 1 = no second session.
     lone_text_threads: int = 0
+    # fused model of an embedder: the export adds a packed graph (several texts per row,
+    # hf2triton.export.packing) and the model packs rows of up to this many tokens where
+    # that costs less than padding; 0 = no packed graph, padded sub-batches only.
+    pack_tokens: int = DEFAULT_PACK_TOKENS
 
     def __post_init__(self):
         problems = []
@@ -85,6 +90,8 @@ class ServingOptions:
             problems.append("intra-op threads must be 0 (one per core) or more")
         if self.max_batch_tokens < 0:
             problems.append("max batch tokens must be 0 (pad to buckets) or more")
+        if self.pack_tokens < 0:
+            problems.append("pack tokens must be 0 (no packed graph) or more")
         if self.lone_text_threads < 0:
             problems.append("lone-text threads must be 0 (every core), 1 (off) or more")
         if problems:

@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from hf2triton import contract
 from hf2triton.backends.fused import STEP_MODULES as FUSED_STEP_MODULES
 from hf2triton.backends.fused import AnswerSettings
-from hf2triton.backends.onnx_model import InputLimits
+from hf2triton.backends.onnx_model import PACKED_FILE, InputLimits
 from hf2triton.backends.postprocess import EntitySettings
 from hf2triton.backends.tokenizer import TextOptions, TokenizerSettings
 from hf2triton.engines.check import sidecar_path
@@ -242,6 +242,7 @@ def fused_model(
             "intra_op_threads": str(serving.intra_op_threads),
             "lone_text_threads": str(serving.lone_text_threads),
             "max_batch_tokens": str(serving.max_batch_tokens),
+            "pack_tokens": str(serving.pack_tokens),  # used by versions that hold a packed graph
             **pair_parameters(checkpoint.task),
             "text_options": text.to_json(),
         },
@@ -314,12 +315,18 @@ def model_step_files(
 def repository_models(
     name: str, checkpoint: Checkpoint, onnx_file: Path, tokenizer_json: Path, settings: TokenizerSettings,
     serving: ServingOptions, entities: EntitySettings | None, variants: dict[str, Path], plans: dict[str, Path],
-    text: TextOptions = TextOptions(),
+    text: TextOptions = TextOptions(), packed_file: Path | None = None,
 ) -> dict[str, tuple[pb.ModelConfig, dict[str, bytes | Path]]]:
-    """Every model of the export: its config and the files of its version folder, steps first."""
+    """Every model of the export: its config and the files of its version folder, steps first.
+
+    ``packed_file``: the fused model's packed graph (served instead of ``onnx_file``, which
+    stays beside it as the plain graph tools and re-exports read).
+    """
     if serving.layout == "fused":
         files: dict[str, bytes | Path] = {"model.py": backend_source("fused"), "tokenizer.json": tokenizer_json,
                                           "model.onnx": onnx_file}
+        if packed_file is not None and serving.pack_tokens > 0:
+            files[PACKED_FILE] = packed_file
         files.update({f"{module}.py": backend_source(module) for module in FUSED_STEP_MODULES})
         return {name: (build_python_model(fused_model(name, checkpoint, settings, serving, text)), files)}
     steps = step_models(name, checkpoint, settings, serving, entities, text)

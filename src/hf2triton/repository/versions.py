@@ -29,7 +29,7 @@ from hf2triton.repository.layout import CONFIG, MANIFEST, RepositoryLayout, nume
 
 # Config fields that may change between versions: they are about serving, not the model.
 SERVING_FIELDS = ("instance_group", "dynamic_batching", "model_warmup", "version_policy")
-SERVING_PARAMETERS = ("intra_op_threads", "max_batch_tokens", "lone_text_threads")
+SERVING_PARAMETERS = ("intra_op_threads", "max_batch_tokens", "lone_text_threads", "pack_tokens")
 
 
 @dataclass(frozen=True)

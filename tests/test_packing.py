@@ -1,0 +1,132 @@
+"""Packed rows: several texts per row of a packed graph, each attending only to itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hf2triton.backends import fused, onnx_model, tokenizer
+from hf2triton.export import packing
+from hf2triton.export.parity import PARITY_TEXTS
+
+MIXED = ["ok", "Terrible service. Never again.", "I loved this film, the acting was superb and the music too!",
+         "A medium-length sentence about distributed inference servers and dynamic batching."]
+
+
+def plan_texts(plan: list[list[list[int]]]) -> list[int]:
+    return sorted(i for call in plan for row in call for i in row)
+
+
+@pytest.mark.parametrize("lengths", [[5], [3, 40, 7, 22, 9], [30] * 32, [512, 4, 4, 4], list(range(1, 90, 3))])
+@pytest.mark.parametrize("row_tokens", [1, 64, 256])
+def test_every_text_runs_exactly_once(lengths, row_tokens):
+    plan = onnx_model.pack_calls(np.array(lengths), row_tokens, max_batch_tokens=256)
+    assert plan_texts(plan) == list(range(len(lengths)))
+    assert all(call and all(call) for call in plan)
+
+
+def test_short_texts_of_mixed_lengths_share_a_row_and_equal_lengths_do_not():
+    mixed = onnx_model.pack_calls(np.array([9, 31, 14, 22]), 256)
+    assert len(mixed) == 1 and len(mixed[0]) < 4  # one call, texts sharing rows: little padding
+    equal = onnx_model.pack_calls(np.array([30] * 32), 256)
+    assert all(len(row) == 1 for call in equal for row in call)  # padding-free already: short rows win
+    unpacked = onnx_model.pack_calls(np.array([9, 31, 14, 22]), 1)  # row_tokens 1: the padded plan
+    assert all(len(row) == 1 for call in unpacked for row in call)
+
+
+def test_a_token_budget_cuts_calls_and_a_longer_text_runs_alone():
+    lengths = np.array([300, 40, 40, 40, 40, 40, 40])
+    plan = onnx_model.pack_calls(lengths, 256, max_batch_tokens=128)
+    assert [[0]] in plan  # over the budget: alone
+    for call in plan:
+        assert sum(int(lengths[i]) for row in call for i in row) <= 128 or call == [[0]]
+
+
+def test_packed_batch_numbers_positions_per_text_and_unpacks_to_padded_rows():
+    token_ids = [[101, 7, 8, 102], [101, 9, 102], [101, 102]]
+    batch = onnx_model.packed_batch(token_ids, [[0, 2], [1]], pad_id=0)
+    assert batch.feeds["input_ids"].tolist() == [[101, 7, 8, 102, 101, 102], [101, 9, 102, 0, 0, 0]]
+    assert batch.feeds["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 0, 0]]
+    assert batch.feeds["segment_ids"].tolist() == [[1, 1, 1, 1, 2, 2], [1, 1, 1, 0, 0, 0]]
+    per_token = batch.feeds["input_ids"][..., None].astype(np.float32)  # a stand-in output: the ids themselves
+    padded, mask = onnx_model.unpack(per_token, batch, np.array([4, 3, 2]), [2, 0, 1])
+    assert padded[..., 0].tolist() == [[101, 102, 0, 0], [101, 7, 8, 102], [101, 9, 102, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The default checkpoint: torch model, padded graph, served tokenizer."""
+    from hf2triton.export.checkpoint import default_checkpoint, inspect_checkpoint
+    from hf2triton.export.onnx_export import export_onnx, load_torch_model
+    from hf2triton.export.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+
+    work = tmp_path_factory.mktemp("packing")
+    checkpoint = inspect_checkpoint(default_checkpoint())
+    tokenizer_json = write_tokenizer_json(checkpoint, work / "tokenizer.json")
+    settings = tokenizer_settings(tokenizer_json, checkpoint, 64 * 1024)
+    model = load_torch_model(checkpoint)
+    padded = export_onnx(model, checkpoint, work / "model.onnx")
+    return model, checkpoint, padded, served_tokenizer(tokenizer_json, settings), settings, work
+
+
+def test_the_packed_graph_matches_the_padded_one_and_serves_the_same_embeddings(exported):
+    model, checkpoint, padded, encoder, settings, work = exported
+    packed = packing.packed_graph(model, checkpoint, padded, work / "model.packed.onnx", encoder, settings)
+    assert packed is not None and packed.is_file()
+    check = packing.check_packed(packed, padded, checkpoint, encoder, settings)
+    assert check.passed and check.max_abs_diff < 1e-4 and check.texts == len(PARITY_TEXTS)
+    answer = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
+    texts = MIXED + list(PARITY_TEXTS)
+    lengths = np.array([len(e.ids) for e in tokenizer.tokenize(encoder, MIXED, settings)])
+    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)  # MIXED gets packed
+    got = fused.run_texts(onnx_model.create_session(packed), settings, answer, texts, encoder,
+                          max_batch_tokens=8192, packed_rows=256)
+    want = fused.run_texts(onnx_model.create_session(padded), settings, answer, texts, encoder, max_batch_tokens=8192)
+    np.testing.assert_allclose(got["EMBEDDING"], want["EMBEDDING"], atol=1e-5)
+    for name in ("TRUNCATED", "TOKENS"):
+        assert got[name].tolist() == want[name].tolist()
+    assert got["TRUNCATED"].any()
+
+
+def test_a_packed_graph_that_does_not_match_is_not_served(exported, monkeypatch, caplog):
+    """Wrong positions (as if RoBERTa's offset were applied to BERT): the check catches it."""
+    model, checkpoint, padded, encoder, settings, work = exported
+    monkeypatch.setattr(packing, "position_offset", lambda _model: 2)
+    assert packing.packed_graph(model, checkpoint, padded, work / "wrong.onnx", encoder, settings) is None
+    assert "does NOT match" in caplog.text and "the padded graph serves" in caplog.text
+
+
+def test_roberta_positions_start_after_the_padding_index(tiny_checkpoint):
+    from hf2triton.export.checkpoint import inspect_checkpoint
+    from hf2triton.export.onnx_export import load_torch_model
+
+    roberta = load_torch_model(inspect_checkpoint(tiny_checkpoint("roberta")))
+    bert = load_torch_model(inspect_checkpoint(tiny_checkpoint("bert")))
+    assert packing.position_offset(roberta) == roberta.config.pad_token_id + 1
+    assert packing.position_offset(bert) == 0
+
+
+def test_only_embedders_get_a_packed_graph(tiny_checkpoint):
+    from hf2triton.export.checkpoint import inspect_checkpoint
+
+    assert not packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert")))  # a classifier
+    assert packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "embeddings")))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "bert"])
+def test_packed_graphs_of_other_encoders_pass_their_check(tiny_checkpoint, model_type, tmp_path):
+    """RoBERTa counts positions from padding_idx + 1: the packed graph adds it, the check proves it."""
+    from hf2triton.export.checkpoint import inspect_checkpoint
+    from hf2triton.export.onnx_export import export_onnx, load_torch_model
+    from hf2triton.export.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
+
+    checkpoint = inspect_checkpoint(tiny_checkpoint(model_type, "embeddings"))
+    tokenizer_json = write_tokenizer_json(checkpoint, tmp_path / "tokenizer.json")
+    settings = tokenizer_settings(tokenizer_json, checkpoint, 64 * 1024)
+    model = load_torch_model(checkpoint)
+    padded = export_onnx(model, checkpoint, tmp_path / "model.onnx")
+    encoder = served_tokenizer(tokenizer_json, settings)
+    packed = packing.packed_graph(model, checkpoint, padded, tmp_path / "model.packed.onnx", encoder, settings)
+    assert packed is not None
+    assert packing.check_packed(packed, padded, checkpoint, encoder, settings).max_abs_diff < 1e-4
