@@ -130,3 +130,26 @@ def test_packed_graphs_of_other_encoders_pass_their_check(tiny_checkpoint, model
     packed = packing.packed_graph(model, checkpoint, padded, tmp_path / "model.packed.onnx", encoder, settings)
     assert packed is not None
     assert packing.check_packed(packed, padded, checkpoint, encoder, settings).max_abs_diff < 1e-4
+
+
+def test_export_cli_pack_tokens_zero_writes_no_packed_graph_and_a_bad_value_is_refused(tiny_checkpoint, tmp_path):
+    """--pack-tokens reaches the fused model's config; 0 leaves the packed graph out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hf2triton.repository import parse_pbtxt
+
+    root = Path(__file__).resolve().parents[1]
+    embedder = str(tiny_checkpoint("bert", "embeddings"))
+    for pack_tokens, packed in (("0", False), ("64", True)):
+        out = tmp_path / f"r{pack_tokens}"
+        done = subprocess.run([sys.executable, "build/export.py", embedder, "-o", str(out), "-n", "tiny",
+                               "--pack-tokens", pack_tokens], capture_output=True, text=True, cwd=root, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert (out / "tiny" / "1" / onnx_model.PACKED_FILE).is_file() == packed
+        config = parse_pbtxt((out / "tiny" / "config.pbtxt").read_text())
+        assert config.parameters["pack_tokens"].string_value == pack_tokens
+    refused = subprocess.run([sys.executable, "build/export.py", embedder, "-o", str(tmp_path / "bad"),
+                              "--pack-tokens", "-1"], capture_output=True, text=True, cwd=root, timeout=600)
+    assert refused.returncode != 0 and "pack tokens must be 0" in refused.stderr and "Traceback" not in refused.stderr
