@@ -34,6 +34,7 @@ from hf2triton.backends import fused, onnx_model, tokenizer  # noqa: E402
 from hf2triton.cpu import cpu_flags  # noqa: E402
 from hf2triton.perf.corpus import load_texts  # noqa: E402
 from hf2triton.repository import parse_pbtxt  # noqa: E402
+from hf2triton.repository.layout import DEFAULT_PACK_TOKENS  # noqa: E402
 
 PEERS_DIR = REPO / "perf" / ".peers"
 Pipeline = Callable[[list[str]], dict]
@@ -62,7 +63,7 @@ def pipelines(model_dir: Path) -> dict[str, Pipeline]:
     config = parse_pbtxt((model_dir / "config.pbtxt").read_text())
     settings = tokenizer.TokenizerSettings.from_json(config.parameters["settings"].string_value)
     answer = fused.AnswerSettings.from_json(config.parameters["answer"].string_value)
-    pack_tokens = int(config.parameters["pack_tokens"].string_value) or onnx_model.DEFAULT_PACK_TOKENS
+    pack_tokens = int(config.parameters["pack_tokens"].string_value) or DEFAULT_PACK_TOKENS
     version = model_dir / "1"
     encoder = tokenizer.load_tokenizer(version / "tokenizer.json", settings.max_length)
     padded = onnx_model.create_session(version / "model.onnx", 1, spinning=False)

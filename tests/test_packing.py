@@ -76,6 +76,7 @@ def test_the_packed_graph_matches_the_padded_one_and_serves_the_same_embeddings(
     assert packed is not None and packed.is_file()
     check = packing.check_packed(packed, padded, checkpoint, encoder, settings)
     assert check.passed and check.max_abs_diff < 1e-4 and check.texts == len(PARITY_TEXTS)
+    assert check.rows < check.texts  # texts shared rows
     answer = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
     texts = MIXED + list(PARITY_TEXTS)
     lengths = np.array([len(e.ids) for e in tokenizer.tokenize(encoder, MIXED, settings)])
@@ -153,3 +154,22 @@ def test_export_cli_pack_tokens_zero_writes_no_packed_graph_and_a_bad_value_is_r
     refused = subprocess.run([sys.executable, "build/export.py", embedder, "-o", str(tmp_path / "bad"),
                               "--pack-tokens", "-1"], capture_output=True, text=True, cwd=root, timeout=600)
     assert refused.returncode != 0 and "pack tokens must be 0" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_only_an_fp32_export_in_the_fused_layout_gets_a_packed_graph(exported):
+    from hf2triton.pipeline import ExportOptions, packed_served_graph
+    from hf2triton.precision.variants import Variant
+    from hf2triton.repository import ServingOptions
+
+    model, checkpoint, padded, encoder, settings, work = exported
+    folder = work / "served"
+    folder.mkdir()
+
+    def packed(variant: str, serving: ServingOptions):
+        served = Variant(variant, padded, None, padded.stat().st_size)
+        return packed_served_graph(model, checkpoint, served, folder, encoder, settings, ExportOptions(), serving)
+
+    assert packed("fp32", ServingOptions(layout="fused")) == folder / "model.packed.onnx"
+    assert packed("int8_dynamic", ServingOptions(layout="fused")) is None  # measured no faster
+    assert packed("fp32", ServingOptions(layout="ensemble")) is None
+    assert packed("fp32", ServingOptions(layout="fused", pack_tokens=0)) is None

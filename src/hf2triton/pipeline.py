@@ -10,7 +10,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +24,8 @@ from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_
 from hf2triton.export.packing import packed_graph
 from hf2triton.export.peft import is_adapter, merge_adapter
 from hf2triton.export.parity import ParityReport, check_parity, require_parity
-from hf2triton.repository import RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, write_repository
+from hf2triton.repository import (RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, resolved,
+                                  write_repository)
 from hf2triton.export.tokenization import (
     DEFAULT_MAX_WINDOWS,
     entity_settings,
@@ -187,21 +188,16 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
         seconds["variants"] = time.perf_counter() - mark
         grid, notes, served = measure_and_select(variants, settings, options.variants)
         plans = build_engines(variants, work, checkpoint, settings, options) if options.engines else {}
-        mark = time.perf_counter()
-        packed = packed_served_graph(model, checkpoint, served, work, tokenizer, settings, options)
-        seconds["packed"] = time.perf_counter() - mark
-        mark = time.perf_counter()
         extra = {v.name: v.path for v in variants if v.name != served.name}
         reports = {
             "parity": asdict(report),
             "report": variant_report(variants, rejected, served, grid, notes, plans),
         }
-        layout = write_repository(RepositorySpec(
+        spec = resolved(RepositorySpec(  # the layout "auto" stands for: only the fused one packs
             root=options.output_dir,
             name=name,
             checkpoint=checkpoint,
             onnx_file=served.path,
-            packed_onnx_file=packed,
             tokenizer_json=tokenizer_json,
             settings=settings,
             serving=options.serving,
@@ -214,6 +210,11 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             entities=entities,
             text=text,
         ))
+        mark = time.perf_counter()
+        packed = packed_served_graph(model, checkpoint, served, work, tokenizer, settings, options, spec.serving)
+        seconds["packed"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        layout = write_repository(replace(spec, packed_onnx_file=packed))
         seconds["write"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
     return ExportResult(layout, checkpoint, report, seconds, tuple(variants), tuple(rejected.items()), served.name,
@@ -221,10 +222,16 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
 
 
 def packed_served_graph(model, checkpoint: Checkpoint, served: Variant, work: Path, tokenizer,
-                        settings: TokenizerSettings, options: ExportOptions) -> Path | None:
-    """The packed graph of the served fp32 model, for the fused layout (``--pack-tokens`` > 0)."""
-    serving = options.serving
-    if serving.pack_tokens == 0 or serving.layout == "ensemble" or serving.backend != "python-ort":
+                        settings: TokenizerSettings, options: ExportOptions, serving: ServingOptions) -> Path | None:
+    """The packed graph of the served fp32 model, for the fused layout (``--pack-tokens`` > 0;
+    ``serving`` with the layout resolved).
+
+    Not for int8_dynamic: its packed graph (quantized the same way, min cosine vs fp32 on
+    packed rows 0.965, as padded) served no faster — 438-462 against 444-456 texts/s at c16,
+    555-582 against 577-601 at c64 (``perf/cpu_breakdown.py``, two rounds): with cheaper
+    matrix products, the longer rows' attention eats what packing saves.
+    """
+    if serving.pack_tokens == 0 or serving.layout != "fused":
         return None
     if served.name != "fp32":
         log.info("no packed graph for the %s variant: its padded graph serves", served.name)

@@ -350,7 +350,6 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0,
 # both are ~7.3 (``perf/packing.py``).
 PACKED_FILE = "model.packed.onnx"
 PACKED_INPUTS = ("input_ids", "position_ids", "segment_ids")
-DEFAULT_PACK_TOKENS = 256  # the widest packed row tried
 
 # What a packed row of width W costs, in positions: W · (1 + W / ROW_ATTENTION). Attention
 # and its softmax grow with the row, so long rows of short texts are not free: 32 random
@@ -378,6 +377,14 @@ def balanced_rows(indices: list[int], lengths: np.ndarray, count: int) -> list[l
         rows[row].append(index)
         heapq.heappush(heap, (filled + int(lengths[index]), row))
     return [row for row in rows if row]
+
+
+def packed_rows(lengths: np.ndarray, row_tokens: int) -> list[list[int]]:
+    """All texts packed, longest first, into ceil(tokens / ``row_tokens``) balanced rows
+    (what checks of a packed graph run: the arrangement that differs most from padding)."""
+    order = [int(i) for i in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")]
+    count = min(len(order), max(1, -(-int(np.sum(lengths)) // max(row_tokens, 1))))
+    return balanced_rows(order, lengths, count)
 
 
 def pack_call(indices: list[int], lengths: np.ndarray, row_tokens: int, max_batch_tokens: int = 0,

@@ -85,6 +85,7 @@ class PackedCheck:
     """The packed graph against the padded one on the same texts, per real token."""
 
     texts: int
+    rows: int  # the texts ran packed in this many rows
     max_abs_diff: float
     atol: float
 
@@ -94,30 +95,30 @@ class PackedCheck:
 
     def summary(self) -> str:
         verdict = "matches" if self.passed else "does NOT match"
-        return (f"packed graph {verdict} the padded one on {self.texts} texts: "
+        return (f"packed graph {verdict} the padded one on {self.texts} texts in {self.rows} packed rows: "
                 f"max |diff| {self.max_abs_diff:.2e} per token (atol {self.atol:g})")
 
 
 def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, settings: TokenizerSettings,
                  atol: float = 1e-4, texts: tuple[str, ...] = PARITY_TEXTS, row_tokens: int = 48) -> PackedCheck:
-    """Run ``texts`` through both graphs (packed: several per row) and compare every real token."""
+    """Run ``texts`` through both graphs (packed: several per row; padded: each text alone)
+    and compare every real token."""
     encodings = tokenize(encoder, list(texts), settings)
     token_ids = [encoding.ids for encoding in encodings]
     lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
     output = checkpoint.task.model_output
     packed_session, padded_session = onnx_model.create_session(packed), onnx_model.create_session(padded)
+    rows = onnx_model.packed_rows(lengths, row_tokens)
+    batch = onnx_model.packed_batch(token_ids, rows, settings.pad_id)
+    (raw,) = packed_session.run([output], batch.feeds)
     worst = 0.0
-    for rows in onnx_model.pack_calls(lengths, row_tokens):
-        batch = onnx_model.packed_batch(token_ids, rows, settings.pad_id)
-        (raw,) = packed_session.run([output], batch.feeds)
-        for index in (i for row in rows for i in row):
-            row, start = batch.places[index]
-            alone = np.array([token_ids[index]], dtype=np.int64)
-            feeds = {"input_ids": alone, "attention_mask": np.ones_like(alone), "token_type_ids": np.zeros_like(alone)}
-            (reference,) = padded_session.run([output], {n: feeds[n] for n in checkpoint.input_names})
-            got = raw[row, start : start + len(token_ids[index])]
-            worst = max(worst, float(np.abs(got - reference[0]).max(initial=0.0)))
-    return PackedCheck(len(texts), worst, atol)
+    for index, (row, start) in batch.places.items():
+        alone = np.array([token_ids[index]], dtype=np.int64)
+        feeds = {"input_ids": alone, "attention_mask": np.ones_like(alone), "token_type_ids": np.zeros_like(alone)}
+        (reference,) = padded_session.run([output], {n: feeds[n] for n in checkpoint.input_names})
+        got = raw[row, start : start + len(token_ids[index])]
+        worst = max(worst, float(np.abs(got - reference[0]).max(initial=0.0)))
+    return PackedCheck(len(texts), len(rows), worst, atol)
 
 
 def packed_graph_of(checkpoint: Checkpoint, padded: Path, tokenizer_json: Path, settings: TokenizerSettings,

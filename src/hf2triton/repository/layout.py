@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hf2triton import contract
-from hf2triton.backends.onnx_model import DEFAULT_PACK_TOKENS
 from hf2triton.errors import OptionsError, RepositoryError
 from hf2triton.repository.configs import VersionPolicy
 
@@ -26,6 +25,7 @@ BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
 # (hf2triton.repository.assembly.choose_layout says which and why).
 LAYOUTS = ("auto", "ensemble", "fused")
 DEFAULT_LAYOUT = "auto"
+DEFAULT_PACK_TOKENS = 256  # the widest packed row the fused model tries (hf2triton.backends.onnx_model.pack_call)
 MANIFEST = "hf2triton.json"  # what built it, from which checkpoint: NAME/ (latest export) and NAME/<version>/
 CONFIG = "config.pbtxt"
 
