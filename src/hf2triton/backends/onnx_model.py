@@ -379,14 +379,6 @@ def balanced_rows(indices: list[int], lengths: np.ndarray, count: int) -> list[l
     return [row for row in rows if row]
 
 
-def packed_rows(lengths: np.ndarray, row_tokens: int) -> list[list[int]]:
-    """All texts packed, longest first, into ceil(tokens / ``row_tokens``) balanced rows
-    (what checks of a packed graph run: the arrangement that differs most from padding)."""
-    order = [int(i) for i in np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")]
-    count = min(len(order), max(1, -(-int(np.sum(lengths)) // max(row_tokens, 1))))
-    return balanced_rows(order, lengths, count)
-
-
 def pack_call(indices: list[int], lengths: np.ndarray, row_tokens: int, max_batch_tokens: int = 0,
               call_cost: int = CALL_COST_POSITIONS) -> list[list[list[int]]]:
     """The cheapest way to run texts ``indices`` (longest first) on a packed graph: packed

@@ -100,15 +100,16 @@ class PackedCheck:
 
 
 def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, settings: TokenizerSettings,
-                 atol: float = 1e-4, texts: tuple[str, ...] = PARITY_TEXTS, row_tokens: int = 48) -> PackedCheck:
-    """Run ``texts`` through both graphs (packed: several per row; padded: each text alone)
-    and compare every real token."""
+                 atol: float = 1e-4, texts: tuple[str, ...] = PARITY_TEXTS, texts_per_row: int = 3) -> PackedCheck:
+    """Run ``texts`` through both graphs (packed: about ``texts_per_row`` per row, longest
+    first into the least-filled row; padded: each text alone) and compare every real token."""
     encodings = tokenize(encoder, list(texts), settings)
     token_ids = [encoding.ids for encoding in encodings]
     lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
     output = checkpoint.task.model_output
     packed_session, padded_session = onnx_model.create_session(packed), onnx_model.create_session(padded)
-    rows = onnx_model.packed_rows(lengths, row_tokens)
+    order = [int(i) for i in np.argsort(-lengths, kind="stable")]
+    rows = onnx_model.balanced_rows(order, lengths, max(1, len(order) // texts_per_row))
     batch = onnx_model.packed_batch(token_ids, rows, settings.pad_id)
     (raw,) = packed_session.run([output], batch.feeds)
     worst = 0.0
