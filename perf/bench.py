@@ -61,6 +61,7 @@ CONCURRENCIES = (1, 16, 64)
 VARIANTS = {
     "ensemble": ServingOptions(layout="ensemble"),
     "ensemble_1x2": ServingOptions(layout="ensemble", model_instances=1),
+    "ensemble_padded": ServingOptions(layout="ensemble", pack_tokens=0),  # no packed graph in the model step
     "ensemble_delay1ms": ServingOptions(layout="ensemble", model_queue_delay_us=1000),
     "fused": ServingOptions(layout="fused"),
     "fused_1x2": ServingOptions(layout="fused", model_instances=1),
@@ -80,18 +81,15 @@ def export_variants(root: Path, names: list[str]):
     from hf2triton.pipeline import ExportOptions, export_checkpoint
     from hf2triton.repository import RepositorySpec, write_repository
 
-    from hf2triton.export.packing import packed_graph_of
+    from hf2triton.backends.onnx_model import PACKED_FILE
 
     base = export_checkpoint(ExportOptions(output_dir=root, name="ensemble", serving=VARIANTS["ensemble"]))
-    packed = None
-    if any(VARIANTS[name].layout == "fused" and VARIANTS[name].pack_tokens for name in names):
-        packed = packed_graph_of(base.checkpoint, base.layout.onnx_file, base.tokenizer_json, base.settings,
-                                 root.parent / f"{root.name}.packed.onnx")  # outside: Triton reads every folder
+    packed = base.layout.onnx_file.parent / PACKED_FILE  # the model step's: the same for every variant here
     for name in names:
         if name != "ensemble":
             write_repository(RepositorySpec(root, name, base.checkpoint, base.layout.onnx_file, base.tokenizer_json,
                                             base.settings, VARIANTS[name], manifest={"variant": name},
-                                            packed_onnx_file=packed))
+                                            packed_onnx_file=packed if packed.is_file() else None))
     return default_checkpoint()
 
 

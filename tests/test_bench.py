@@ -241,14 +241,17 @@ def test_each_ceiling_cell_keeps_the_faster_pass():
     assert kept["ort_b1"] is after["ort_b1"] and kept["ort_b32_sorted"] is before["ort_b32_sorted"]
 
 
-def test_fused_variants_get_the_packed_graph_and_the_packing_script_compares_both_plans(tmp_path, capsys):
+def test_variants_get_the_packed_graph_unless_told_not_to_and_the_packing_script_compares_both_plans(
+        tmp_path, capsys):
     import bench
     import packing
 
     root = tmp_path / "repository"
-    bench.export_variants(root, ["fused", "fused_padded"])
+    bench.export_variants(root, ["fused", "fused_padded", "ensemble_padded"])
     assert (root / "fused" / "1" / packing.onnx_model.PACKED_FILE).is_file()
+    assert (root / "ensemble_model" / "1" / packing.onnx_model.PACKED_FILE).is_file()
     assert not (root / "fused_padded" / "1" / packing.onnx_model.PACKED_FILE).exists()
+    assert not (root / "ensemble_padded_model" / "1" / packing.onnx_model.PACKED_FILE).exists()
     assert all((p / "config.pbtxt").is_file() for p in root.iterdir() if p.is_dir())  # Triton reads every folder
     assert packing.main([str(root / "fused"), "--seconds", "0.05", "--sizes", "1", "4"]) == 0
     out = capsys.readouterr().out

@@ -106,7 +106,10 @@ def pipeline_entities(checkpoint_dir, texts, aggregation: str, max_length: int) 
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_served_entities_match_the_transformers_pipeline(server, protocol, tiny_checkpoint):
+def test_served_entities_match_the_transformers_pipeline(server, repository, protocol, tiny_checkpoint):
+    """The model step serves the NER model's packed graph: texts of a request share rows."""
+    root, _ = repository
+    assert (root / f"{NER}_model" / "1" / "model.packed.onnx").is_file()
     checkpoint = tiny_checkpoint("bert", "token-classification")
     with Client(url(server, protocol), protocol=protocol, model=NER) as client:
         info = client.wait_for_model(timeout_s=60)

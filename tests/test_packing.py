@@ -108,11 +108,13 @@ def test_roberta_positions_start_after_the_padding_index(tiny_checkpoint):
     assert packing.position_offset(bert) == 0
 
 
-def test_only_embedders_get_a_packed_graph(tiny_checkpoint):
+def test_only_outputs_per_token_of_single_texts_get_a_packed_graph(tiny_checkpoint):
     from hf2triton.export.checkpoint import inspect_checkpoint
 
     assert not packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert")))  # a classifier
+    assert not packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "rerank")))  # pairs
     assert packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "embeddings")))
+    assert packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "token-classification")))
 
 
 @pytest.mark.parametrize("model_type, packs", [("roberta", True), ("xlm-roberta", True), ("electra", True),
@@ -163,7 +165,7 @@ def test_export_cli_pack_tokens_zero_writes_no_packed_graph_and_a_bad_value_is_r
     assert refused.returncode != 0 and "pack tokens must be 0" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_only_an_fp32_export_in_the_fused_layout_gets_a_packed_graph(exported):
+def test_only_an_fp32_export_served_by_python_ort_gets_a_packed_graph(exported):
     from hf2triton.pipeline import ExportOptions, packed_served_graph
     from hf2triton.precision.variants import Variant
     from hf2triton.repository import ServingOptions
@@ -174,9 +176,47 @@ def test_only_an_fp32_export_in_the_fused_layout_gets_a_packed_graph(exported):
 
     def packed(variant: str, serving: ServingOptions):
         served = Variant(variant, padded, None, padded.stat().st_size)
-        return packed_served_graph(model, checkpoint, served, folder, encoder, settings, ExportOptions(), serving)
+        return packed_served_graph(model, checkpoint, served, folder, encoder, settings, ExportOptions(serving=serving))
 
     assert packed("fp32", ServingOptions(layout="fused")) == folder / "model.packed.onnx"
+    assert packed("fp32", ServingOptions(layout="ensemble")) == folder / "model.packed.onnx"  # python-ort step
     assert packed("int8_dynamic", ServingOptions(layout="fused")) is None  # measured no faster
-    assert packed("fp32", ServingOptions(layout="ensemble")) is None
+    assert packed("fp32", ServingOptions(layout="ensemble", backend="onnxruntime")) is None  # the container's step
     assert packed("fp32", ServingOptions(layout="fused", pack_tokens=0)) is None
+
+
+def test_the_model_step_runs_requests_packed_like_the_ragged_path_and_isolates_a_failing_one(exported):
+    """The ensemble's python-ort model step on a packed graph: padded requests in, each back at
+    its own width with the padded graph's values on every real token; a request whose call
+    raises gets its own error, its batch-mates their answers."""
+    model, checkpoint, padded, encoder, settings, work = exported
+    packed = packing.packed_graph(model, checkpoint, padded, work / "step.packed.onnx", encoder, settings)
+    groups = [MIXED[:2], [PARITY_TEXTS[4]], MIXED[2:] + ["ok"], ["", "Fine."]]
+    feeds = [dict(batch.arrays) for batch in tokenizer.encode_requests(encoder, groups, settings)]
+    names = ["last_hidden_state"]
+    want = onnx_model.run_ragged(onnx_model.create_session(padded), feeds, names, set(names), 8192)
+    got = onnx_model.run_packed(onnx_model.create_session(packed), feeds, names, 8192, 256)
+    for feed, (a,), (b,) in zip(feeds, got, want):
+        assert a.shape == b.shape == (*feed["input_ids"].shape, 384)
+        real = feed["attention_mask"] != 0
+        np.testing.assert_allclose(a[real], b[real], atol=1e-4)
+        assert not a[~real].any()  # zero past each row's length
+
+    class FailsOnMarker:
+        """ONNX Runtime raising for any call that holds the marker id."""
+
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            if (feeds["input_ids"] == 7592).any():  # "hello"
+                raise RuntimeError("bad tensor")
+            return self.session.run(names, feeds)
+
+    bad = dict(tokenizer.encode_requests(encoder, [["hello there"]], settings)[0].arrays)
+    results = onnx_model.run_packed(FailsOnMarker(onnx_model.create_session(packed)), feeds[:2] + [bad], names,
+                                    8192, 256)
+    assert isinstance(results[2], RuntimeError) and "bad tensor" in str(results[2])
+    for (a,), (b,), feed in zip(results[:2], want[:2], feeds[:2]):
+        real = feed["attention_mask"] != 0
+        np.testing.assert_allclose(a[real], b[real], atol=1e-4)

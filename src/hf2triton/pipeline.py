@@ -24,8 +24,7 @@ from hf2triton.export.onnx_export import DEFAULT_OPSET, export_onnx, load_torch_
 from hf2triton.export.packing import packed_graph
 from hf2triton.export.peft import is_adapter, merge_adapter
 from hf2triton.export.parity import ParityReport, check_parity, require_parity
-from hf2triton.repository import (RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, resolved,
-                                  write_repository)
+from hf2triton.repository import RepositoryLayout, RepositorySpec, ServingOptions, recover_repository, write_repository
 from hf2triton.export.tokenization import (
     DEFAULT_MAX_WINDOWS,
     entity_settings,
@@ -193,7 +192,7 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             "parity": asdict(report),
             "report": variant_report(variants, rejected, served, grid, notes, plans),
         }
-        spec = resolved(RepositorySpec(  # the layout "auto" stands for: only the fused one packs
+        spec = RepositorySpec(
             root=options.output_dir,
             name=name,
             checkpoint=checkpoint,
@@ -209,9 +208,9 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
             plans=plans,
             entities=entities,
             text=text,
-        ))
+        )
         mark = time.perf_counter()
-        packed = packed_served_graph(model, checkpoint, served, work, tokenizer, settings, options, spec.serving)
+        packed = packed_served_graph(model, checkpoint, served, work, tokenizer, settings, options)
         seconds["packed"] = time.perf_counter() - mark
         mark = time.perf_counter()
         layout = write_repository(replace(spec, packed_onnx_file=packed))
@@ -222,16 +221,17 @@ def export_checkpoint(options: ExportOptions) -> ExportResult:
 
 
 def packed_served_graph(model, checkpoint: Checkpoint, served: Variant, work: Path, tokenizer,
-                        settings: TokenizerSettings, options: ExportOptions, serving: ServingOptions) -> Path | None:
-    """The packed graph of the served fp32 model, for the fused layout (``--pack-tokens`` > 0;
-    ``serving`` with the layout resolved).
+                        settings: TokenizerSettings, options: ExportOptions) -> Path | None:
+    """The packed graph of the served fp32 model, for the fused model or the python-ort model
+    step (``--pack-tokens`` > 0).
 
     Not for int8_dynamic: its packed graph (quantized the same way, min cosine vs fp32 on
     packed rows 0.965, as padded) served no faster — 438-462 against 444-456 texts/s at c16,
     555-582 against 577-601 at c64 (``perf/cpu_breakdown.py``, two rounds): with cheaper
     matrix products, the longer rows' attention eats what packing saves.
     """
-    if serving.pack_tokens == 0 or serving.layout != "fused":
+    serving = options.serving
+    if serving.pack_tokens == 0 or serving.backend != "python-ort":
         return None
     if served.name != "fp32":
         log.info("no packed graph for the %s variant: its padded graph serves", served.name)

@@ -9,6 +9,10 @@ and run in the cheapest sub-batches (cut where padding costs more than another c
 request gets back its own rows at its own width (:func:`run_ragged`). Otherwise
 requests that share a shape (the tokenizer pads to buckets) share one ONNX Runtime call.
 
+A version exported with a packed graph (``PACKED_FILE``: embedders and token classifiers)
+runs every row as a text of its own and packs short texts into shared rows where that
+costs less than padding (:func:`run_packed`).
+
 Any client can call this step directly, so each request is checked on its own
 (dtype, rank, shapes, id ranges, positions; :func:`check_feed`) and a bad one gets
 its own error while its batch-mates get their answers; if a merged run still raises,
@@ -516,6 +520,46 @@ def run_ragged(
     return results
 
 
+def run_packed(
+    session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], output_names: list[str],
+    max_batch_tokens: int, row_tokens: int, isolate: bool = True,
+) -> list:
+    """:func:`run_ragged` on a packed graph (``PACKED_FILE``): every row of every request is
+    a text, run packed where that is cheaper (:func:`pack_calls`). Each request gets its
+    outputs per token at its own width, zero past each row's length, or the exception its
+    own run raised (the requests of a failed call are rerun one at a time)."""
+    owners, lengths = request_rows(feeds)
+    token_ids = [feeds[i]["input_ids"][r, : lengths[k]] for k, (i, r) in enumerate(owners)]
+    per_text: dict[int, list[np.ndarray]] = {}
+    failed: set[int] = set()
+    for rows in pack_calls(lengths, row_tokens, max_batch_tokens):
+        batch = packed_batch(token_ids, rows)
+        try:
+            outputs = session.run(output_names, batch.feeds)
+        except Exception:  # noqa: BLE001 - find the culprit below, whatever ONNX Runtime raised
+            if not isolate:
+                raise
+            logger.exception("a packed call of %d texts failed; retrying its requests one by one", len(batch.places))
+            failed.update(owners[k][0] for k in batch.places)
+            continue
+        for k, (row, start) in batch.places.items():
+            per_text[k] = [out[row, start : start + int(lengths[k])] for out in outputs]
+    results: list = []
+    first = 0  # the index of each request's first row in ``owners``
+    for i, feed in enumerate(feeds):
+        count, width = feed["input_ids"].shape
+        if i in failed:
+            try:
+                results.append(run_packed(session, [feed], output_names, max_batch_tokens, row_tokens, False)[0])
+            except Exception as exc:  # noqa: BLE001 - becomes this request's error response
+                results.append(exc)
+        else:
+            results.append([np.stack([fit(per_text[first + r][o], width) for r in range(count)])
+                            for o in range(len(output_names))])
+        first += count
+    return results
+
+
 class TritonPythonModel:
     """The ONNX Runtime model step as a Triton python-backend model."""
 
@@ -525,6 +569,10 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = threads_per_instance(int(params.get("intra_op_threads", "0")), instance_count(config))
         model_path = version_dir / params.get("onnx_file", "model.onnx")
+        self.packed_rows = 0
+        if (version_dir / PACKED_FILE).is_file():  # this version was exported with a packed graph
+            model_path = version_dir / PACKED_FILE
+            self.packed_rows = max(int(params.get("pack_tokens", "0")), 1)  # 0: one text per row
         self.sessions = LoneText(create_session(model_path, threads, spinning=False),
                                  lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads), args)
         self.input_names = [tensor["name"] for tensor in config["input"]]
@@ -547,7 +595,9 @@ class TritonPythonModel:
             valid.append(i)
         lone = len(feeds) == 1 and len(next(iter(feeds[0].values()))) == 1
         with self.sessions.session_for(lone) as session:
-            if self.max_batch_tokens > 0:
+            if self.packed_rows:
+                results = run_packed(session, feeds, self.output_names, self.max_batch_tokens, self.packed_rows)
+            elif self.max_batch_tokens > 0:
                 results = run_ragged(session, feeds, self.output_names, self.sequence_outputs,
                                      self.max_batch_tokens, self.limits.pad_id)
             else:

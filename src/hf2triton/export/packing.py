@@ -7,8 +7,8 @@ block-diagonal attention mask inside the graph, so its linear layers — most of
 work — run on real tokens only. Same weights, same math: parity against the padded
 graph is checked on the parity texts before it is served.
 
-Only for outputs per token (embeddings: pooling happens after the graph, per text);
-a classifier's head reads one position per row and stays on the padded graph.
+Only for outputs per token (embeddings, pooled after the graph per text; token
+classification); a classifier's head reads one position per row and stays on the padded graph.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from hf2triton.export.parity import PARITY_TEXTS
 
 log = logging.getLogger(__name__)
 
-PACKED_TASKS = ("embeddings",)
 
 
 class PackedWrapper(torch.nn.Module):
@@ -58,7 +57,8 @@ def position_offset(model: torch.nn.Module) -> int:
 
 
 def supports_packing(checkpoint: Checkpoint) -> bool:
-    return checkpoint.task.name in PACKED_TASKS and not checkpoint.task.text_pairs
+    """Outputs per token of single texts (embedders, token classifiers)."""
+    return checkpoint.task.model_output_has_sequence_axis and not checkpoint.task.text_pairs
 
 
 def export_packed(model: torch.nn.Module, checkpoint: Checkpoint, path: Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -120,16 +120,6 @@ def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, se
         got = raw[row, start : start + len(token_ids[index])]
         worst = max(worst, float(np.abs(got - reference[0]).max(initial=0.0)))
     return PackedCheck(len(texts), len(rows), worst, atol)
-
-
-def packed_graph_of(checkpoint: Checkpoint, padded: Path, tokenizer_json: Path, settings: TokenizerSettings,
-                    destination: Path) -> Path | None:
-    """:func:`packed_graph` of an export already made (its checkpoint, ONNX and tokenizer files)."""
-    from hf2triton.export.onnx_export import load_torch_model
-    from hf2triton.export.tokenization import served_tokenizer
-
-    return packed_graph(load_torch_model(checkpoint), checkpoint, padded, destination,
-                        served_tokenizer(tokenizer_json, settings), settings)
 
 
 def packed_graph(model: torch.nn.Module, checkpoint: Checkpoint, padded: Path, destination: Path, encoder,

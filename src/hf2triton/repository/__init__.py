@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "assembly": ("RepositorySpec", "resolved", "write_repository"),
+    "assembly": ("RepositorySpec", "write_repository"),
     "configs": ("Batching", "Ensemble", "EnsembleStep", "PlatformModel", "PythonModel", "Tensor", "VersionPolicy",
                 "WarmupSample", "build_ensemble", "build_platform_model", "build_python_model", "parse_pbtxt",
                 "to_pbtxt"),

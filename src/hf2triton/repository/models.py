@@ -160,6 +160,7 @@ def step_models(
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads),
                     "lone_text_threads": str(serving.lone_text_threads),
                     "max_batch_tokens": str(serving.max_batch_tokens if ragged else 0),
+                    "pack_tokens": str(serving.pack_tokens),  # used by versions that hold a packed graph
                     "limits": InputLimits(settings.vocab_size, settings.type_vocab_size, settings.max_length,
                                           settings.pad_id).to_json()},
         version_policy=policy,
@@ -292,12 +293,17 @@ def backend_source(module: str) -> bytes:
 
 
 def model_step_files(
-    model: PythonModel, onnx_file: Path, serving: ServingOptions, plans: dict[str, Path]
+    model: PythonModel, onnx_file: Path, serving: ServingOptions, plans: dict[str, Path],
+    packed_file: Path | None = None,
 ) -> tuple[pb.ModelConfig, dict[str, bytes | Path]]:
-    """The model step in the chosen flavour: python-ort (model.py + model.onnx), the
-    container's onnxruntime backend (model.onnx), or tensorrt (one plan per GPU arch)."""
+    """The model step in the chosen flavour: python-ort (model.py + model.onnx, and the packed
+    graph it serves when there is one), the container's onnxruntime backend (model.onnx), or
+    tensorrt (one plan per GPU arch)."""
     if serving.backend == "python-ort":
-        return build_python_model(model), {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file}
+        files: dict[str, bytes | Path] = {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file}
+        if packed_file is not None and serving.pack_tokens > 0:
+            files[PACKED_FILE] = packed_file
+        return build_python_model(model), files
     if serving.backend == "onnxruntime":
         return build_platform_model(platform_step(model, serving, {})), {"model.onnx": onnx_file}
     if not plans:
@@ -319,8 +325,9 @@ def repository_models(
 ) -> dict[str, tuple[pb.ModelConfig, dict[str, bytes | Path]]]:
     """Every model of the export: its config and the files of its version folder, steps first.
 
-    ``packed_file``: the fused model's packed graph (served instead of ``onnx_file``, which
-    stays beside it as the plain graph tools and re-exports read).
+    ``packed_file``: the packed graph the fused model or the python-ort model step serves
+    instead of ``onnx_file`` (which stays beside it: tools and re-exports read the plain graph;
+    precision variants keep their own padded graphs).
     """
     if serving.layout == "fused":
         files: dict[str, bytes | Path] = {"model.py": backend_source("fused"), "tokenizer.json": tokenizer_json,
@@ -337,7 +344,7 @@ def repository_models(
     models = {
         tokenizer.name: (build_python_model(tokenizer), {"model.py": backend_source("tokenizer"),
                                                          "tokenizer.json": tokenizer_json}),
-        model.name: model_step_files(model, onnx_file, serving, plans),
+        model.name: model_step_files(model, onnx_file, serving, plans, packed_file),
         postprocess.name: (build_python_model(postprocess), post_files),
         name: (build_ensemble(ensemble_model(name, steps, checkpoint, settings, entities, text)), {}),
     }
