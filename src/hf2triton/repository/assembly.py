@@ -96,7 +96,7 @@ def choose_layout(spec: RepositorySpec) -> tuple[str, str]:
     """The layout ``layout="auto"`` writes, and why.
 
     Fused where it can serve the export: one python model instead of three steps, measured
-    2-16 % more texts/s at c1/c16/c64 and 0.4-1 ms less at c1 on the bundled CPU server
+    2-21 % more texts/s at c1/c16/c64 and 0.4-1.4 ms less at c1 on the bundled CPU server
     (``perf/bench.py``, README Performance). The ensemble where fused cannot: the container's native model
     steps, token classification, long-text windows, several variants side by side, or a
     model already in the repository as an ensemble (its versions continue).
