@@ -350,15 +350,15 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0,
 # (segment, from 1; 0 = padding), and attends only to its own text's tokens. The linear
 # layers then run on real tokens, with no padding between texts of different lengths.
 # Measured on all-MiniLM-L6-v2, one thread, whole pipeline, random texts: 4 of them cost
-# 7.6 ms each packed against 8.2 in the padded plan, 8 cost 7.4 against 8.1; from 32 on
-# both are ~7.3 (``perf/packing.py``).
+# 7.3 ms of CPU each packed against 8.0 in the padded plan, 8 cost 7.4 against 8.0; from
+# 32 on both are 7.2-7.4 (``perf/packing.py``).
 PACKED_FILE = "model.packed.onnx"
 PACKED_INPUTS = ("input_ids", "position_ids", "segment_ids")
 
 # What a packed row of width W costs, in positions: W · (1 + W / ROW_ATTENTION). Attention
 # and its softmax grow with the row, so long rows of short texts are not free: 32 random
-# texts cost 7.7 ms each in rows of ~128 tokens against 7.25 in length-sorted padded
-# sub-batches; fitted so that neither plan loses to the other at 2-64 texts.
+# texts cost 7.5-7.9 ms each in rows of ~128 tokens against 7.2-7.3 in length-sorted padded
+# sub-batches; fitted (300, 500, 900 tried) so that neither plan loses to the other at 2-64 texts.
 ROW_ATTENTION = 500
 PACK_WIDTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # row widths tried
 

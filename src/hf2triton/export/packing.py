@@ -31,7 +31,6 @@ from hf2triton.export.parity import PARITY_TEXTS
 log = logging.getLogger(__name__)
 
 
-
 class PackedWrapper(torch.nn.Module):
     """The model on packed rows: a 4-D additive mask lets each token see its own text only."""
 

@@ -80,7 +80,7 @@ class RepositorySpec:
     plans: dict[str, Path] = field(default_factory=dict)
     entities: EntitySettings | None = None
     text: TextOptions = TextOptions()  # long-text windows and prompts
-    packed_onnx_file: Path | None = None  # fused layout: the packed graph it serves (hf2triton.export.packing)
+    packed_onnx_file: Path | None = None  # the packed graph NAME serves (hf2triton.export.packing), if any
 
     def served_variants(self) -> dict[str, Path]:
         if self.serving.layout != "fused":

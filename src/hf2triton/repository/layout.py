@@ -25,7 +25,7 @@ BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
 # (hf2triton.repository.assembly.choose_layout says which and why).
 LAYOUTS = ("auto", "ensemble", "fused")
 DEFAULT_LAYOUT = "auto"
-DEFAULT_PACK_TOKENS = 256  # the widest packed row the fused model tries (hf2triton.backends.onnx_model.pack_call)
+DEFAULT_PACK_TOKENS = 256  # the widest packed row a model tries (hf2triton.backends.onnx_model.pack_call)
 MANIFEST = "hf2triton.json"  # what built it, from which checkpoint: NAME/ (latest export) and NAME/<version>/
 CONFIG = "config.pbtxt"
 
@@ -63,9 +63,10 @@ class ServingOptions:
     # instance's threads and the ONNX file is under 512 MiB (the second session holds its own
     # copy of the weights); 1 = no second session.
     lone_text_threads: int = 0
-    # fused model of an embedder: the export adds a packed graph (several texts per row,
-    # hf2triton.export.packing) and the model packs rows of up to this many tokens where
-    # that costs less than padding; 0 = no packed graph, padded sub-batches only.
+    # python-ort model step and fused model of an embedder or token classifier: the export
+    # adds a packed graph (several texts per row, hf2triton.export.packing) and the model
+    # packs rows of up to this many tokens where that costs less than padding; 0 = no
+    # packed graph, padded sub-batches only.
     pack_tokens: int = DEFAULT_PACK_TOKENS
 
     def __post_init__(self):
