@@ -158,14 +158,7 @@ class TritonPythonModel:
         threads = onnx_model.threads_per_instance(
             int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)
         )
-        model_path = version_dir / params.get("onnx_file", "model.onnx")
-        self.packed_rows = 0
-        if (version_dir / onnx_model.PACKED_FILE).is_file():  # this version was exported with a packed graph
-            model_path = version_dir / onnx_model.PACKED_FILE
-            self.packed_rows = max(int(params.get("pack_tokens", "0")), 1)  # 0: one text per row
-        self.sessions = onnx_model.LoneText(
-            onnx_model.create_session(model_path, threads, spinning=False),
-            onnx_model.lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads), args)
+        self.sessions, self.packed_rows = onnx_model.served_sessions(version_dir, params, threads, args)
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
         self.output_names = [tensor["name"] for tensor in config["output"]]

@@ -251,6 +251,18 @@ class LoneText:
             yield self.lone_session if every_core else self.session
 
 
+def served_sessions(version_dir: Path, params: dict[str, str], threads: int, args: dict) -> tuple[LoneText, int]:
+    """A served model's sessions and, when its version holds a packed graph (``PACKED_FILE``,
+    loaded instead of ``onnx_file``), the row width it packs to (``pack_tokens`` 0: one text
+    per row); else 0."""
+    model_path, packed_rows = version_dir / params.get("onnx_file", "model.onnx"), 0
+    if (version_dir / PACKED_FILE).is_file():  # this version was exported with a packed graph
+        model_path, packed_rows = version_dir / PACKED_FILE, max(int(params.get("pack_tokens", "0")), 1)
+    sessions = LoneText(create_session(model_path, threads, spinning=False),
+                        lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads), args)
+    return sessions, packed_rows
+
+
 def instance_count(config: dict) -> int:
     return sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
 
@@ -568,13 +580,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = threads_per_instance(int(params.get("intra_op_threads", "0")), instance_count(config))
-        model_path = version_dir / params.get("onnx_file", "model.onnx")
-        self.packed_rows = 0
-        if (version_dir / PACKED_FILE).is_file():  # this version was exported with a packed graph
-            model_path = version_dir / PACKED_FILE
-            self.packed_rows = max(int(params.get("pack_tokens", "0")), 1)  # 0: one text per row
-        self.sessions = LoneText(create_session(model_path, threads, spinning=False),
-                                 lone_text_session(model_path, int(params.get("lone_text_threads", "1")), threads), args)
+        self.sessions, self.packed_rows = served_sessions(version_dir, params, threads, args)
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.limits = InputLimits.from_json(params.get("limits", "{}"))
