@@ -404,8 +404,10 @@ def pack_call(indices: list[int], lengths: np.ndarray, row_tokens: int, max_batc
     padded = [[[indices[int(k)]] for k in batch] for batch in plan_batches(subset, max_batch_tokens or 1 << 62)]
     plan, best = padded, sum(call_cost + row_cost(len(call), call_width(call, lengths)) for call in padded)
     total = int(subset.sum())
-    for width in (w for w in PACK_WIDTHS if w <= row_tokens):
-        rows = balanced_rows(indices, lengths, min(len(indices), max(1, -(-total // width))))
+    # Each width tried gives a row count; short calls give the same count for many widths.
+    for count in sorted({min(len(indices), max(1, -(-total // w))) for w in PACK_WIDTHS if w <= row_tokens},
+                        reverse=True):  # narrowest width first, as before: ties keep the same plan
+        rows = balanced_rows(indices, lengths, count)
         cost = call_cost + row_cost(len(rows), call_width(rows, lengths))
         if cost < best:
             best, plan = cost, [rows]
