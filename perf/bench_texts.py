@@ -79,6 +79,19 @@ def fetch_wheel(cache: Path) -> Path:
     return found[-1]
 
 
+def cached_file(cache: Path) -> Path:
+    return cache / f"lee_sentences_{COUNT}.txt"
+
+
+def cached_or_corpus(cache: Path) -> list[str]:
+    """The benchmark's sentences if ``perf/bench.py`` already fetched them into ``cache``,
+    else the project's shipped corpus (the measurement scripts never download)."""
+    from hf2triton.perf.corpus import load_texts
+
+    cached = cached_file(cache)
+    return cached.read_text(encoding="utf-8").splitlines() if cached.is_file() else load_texts()
+
+
 def benchmark_texts(cache: Path, path: Path | None = None) -> tuple[list[str], str]:
     """(texts, where they come from): ``path`` when given, else the 600 Lee-corpus sentences."""
     if path is not None:
@@ -89,7 +102,7 @@ def benchmark_texts(cache: Path, path: Path | None = None) -> tuple[list[str], s
         if not texts:
             raise TextSourceError(f"--texts {path} holds no text (one text per line expected)")
         return texts, str(path)
-    cached = cache / f"lee_sentences_{COUNT}.txt"
+    cached = cached_file(cache)
     if cached.exists():
         return cached.read_text(encoding="utf-8").splitlines(), SOURCE
     with zipfile.ZipFile(fetch_wheel(cache)) as wheel:

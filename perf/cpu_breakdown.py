@@ -22,12 +22,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "perf"))
+
+from bench_texts import cached_or_corpus  # noqa: E402
 
 from hf2triton.cpu import CpuMeter, cpu_flags, group_pids, process_jiffies  # noqa: E402
-from hf2triton.perf.corpus import load_texts  # noqa: E402
 from hf2triton.perf.sweep import SweepSettings, run_sweep  # noqa: E402
 
-BENCH_TEXTS = REPO / "perf" / ".peers" / "texts" / "lee_sentences_600.txt"
+BENCH_TEXTS = REPO / "perf" / ".peers" / "texts"  # where perf/bench.py keeps its sentences
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=6.0, help="measurement per cell (default: 6)")
     args = parser.parse_args(argv)
-    texts = BENCH_TEXTS.read_text().splitlines() if BENCH_TEXTS.is_file() else load_texts()
+    texts = cached_or_corpus(BENCH_TEXTS)
     print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}; {os.cpu_count()} cores; {len(texts)} texts")
     config = ServerConfig(model_repository=args.repository, http_port=0, grpc_port=0, metrics_port=0)
     with LocalTritonServer(config).start(ready_timeout_s=300) as server:

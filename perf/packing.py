@@ -28,26 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "perf"))
 
-from bench_texts import benchmark_texts  # noqa: E402
+from bench_texts import cached_or_corpus  # noqa: E402
 
 from hf2triton.backends import fused, onnx_model, tokenizer  # noqa: E402
 from hf2triton.cpu import cpu_flags  # noqa: E402
-from hf2triton.perf.corpus import load_texts  # noqa: E402
 from hf2triton.repository import parse_pbtxt  # noqa: E402
 from hf2triton.repository.layout import DEFAULT_PACK_TOKENS  # noqa: E402
 
 PEERS_DIR = REPO / "perf" / ".peers"
 Pipeline = Callable[[list[str]], dict]
-
-
-def texts_for_bench() -> list[str]:
-    """The benchmark's 600 sentences when perf/bench.py fetched them, else the shipped corpus."""
-    if (PEERS_DIR / "texts").is_dir():
-        try:
-            return benchmark_texts(PEERS_DIR / "texts")[0]
-        except OSError:
-            pass
-    return load_texts()
 
 
 def exported_fused(work: Path) -> Path:
@@ -102,7 +91,7 @@ def main(argv=None) -> int:
             print(f"{model_dir} has no packed graph (an embedder exported in the fused layout has one)")
             return 2
         run = pipelines(model_dir)
-        texts = texts_for_bench()
+        texts = cached_or_corpus(PEERS_DIR / "texts")
         rng = random.Random(0)
         ordered = sorted(texts, key=len)
         ceiling = [ordered[i : i + 32] for i in range(0, len(ordered), 32)]

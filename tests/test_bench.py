@@ -260,3 +260,13 @@ def test_variants_get_the_packed_graph_unless_told_not_to_and_the_packing_script
     assert all(float(line.split("packed ÷ padded")[1]) > 0 for line in rows)
     assert packing.main([str(root / "fused_padded")]) == 2  # no packed graph: says so
     assert "has no packed graph" in capsys.readouterr().out
+
+
+def test_measurement_scripts_read_the_cached_benchmark_sentences_or_the_corpus_without_downloading(tmp_path):
+    from bench_texts import cached_file, cached_or_corpus
+
+    from hf2triton.perf.corpus import load_texts
+
+    assert cached_or_corpus(tmp_path) == load_texts()  # nothing fetched yet: the shipped corpus
+    cached_file(tmp_path).write_text("first sentence\nsecond sentence\n", encoding="utf-8")
+    assert cached_or_corpus(tmp_path) == ["first sentence", "second sentence"]
