@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python perf/packing.py [REPOSITORY/NAME] [--seconds 3] [--sizes 1 2 4 8 16 32 64]
 
-A fused model of an embedder holds two graphs of the same weights: ``model.onnx`` (padded
+A fused model (fp32, any task) holds two graphs of the same weights: ``model.onnx`` (padded
 rows, one text each) and ``model.packed.onnx`` (several texts per row). For each size k,
 random draws of k texts (the benchmark's 600 sentences, or the shipped corpus) run
 through the served pipeline (``fused.run_texts``: tokenize, plan, ONNX Runtime on one
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         model_dir = args.model or exported_fused(Path(work))
         if not (model_dir / "1" / onnx_model.PACKED_FILE).is_file():
-            print(f"{model_dir} has no packed graph (an embedder exported in the fused layout has one)")
+            print(f"{model_dir} has no packed graph (an fp32 model exported in the fused layout has one)")
             return 2
         run = pipelines(model_dir)
         texts = cached_or_corpus(PEERS_DIR / "texts")

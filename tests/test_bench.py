@@ -262,6 +262,24 @@ def test_variants_get_the_packed_graph_unless_told_not_to_and_the_packing_script
     assert "has no packed graph" in capsys.readouterr().out
 
 
+def test_the_classifier_checkpoint_serves_packed_and_the_packing_script_measures_it(tmp_path, capsys):
+    """perf/classifier_checkpoint.py: the default encoder under a two-label head, which
+    exports fused with a packed graph that perf/packing.py compares with the padded one."""
+    import classifier_checkpoint
+    import packing
+
+    from hf2triton.export.checkpoint import inspect_checkpoint
+    from hf2triton.pipeline import ExportOptions, export_checkpoint
+
+    folder = classifier_checkpoint.write_classifier(tmp_path / "classifier")
+    checkpoint = inspect_checkpoint(folder)
+    assert checkpoint.task.name == "sequence-classification" and checkpoint.labels == classifier_checkpoint.LABELS
+    result = export_checkpoint(ExportOptions(checkpoint=folder, output_dir=tmp_path / "repository", name="cls"))
+    assert result.layout.kind == "fused" and result.layout.onnx_file.with_name(packing.onnx_model.PACKED_FILE).is_file()
+    assert packing.main([str(tmp_path / "repository" / "cls"), "--seconds", "0.05", "--sizes", "4"]) == 0
+    assert "packed ÷ padded" in capsys.readouterr().out
+
+
 def test_measurement_scripts_read_the_cached_benchmark_sentences_or_the_corpus_without_downloading(tmp_path):
     from bench_texts import cached_file, cached_or_corpus
 

@@ -26,7 +26,7 @@ def test_fused_folder_is_self_contained_and_carries_the_contract(repository):
     version = root / TOPICS_FUSED / "1"
     assert {p.name for p in version.iterdir()} >= {"model.py", "tokenizer.py", "onnx_model.py", "postprocess.py",
                                                     "tokenizer.json", "model.onnx"}
-    assert not (version / onnx_model.PACKED_FILE).exists()  # a classifier: its head reads one position per row
+    assert (version / onnx_model.PACKED_FILE).exists()  # a classifier packs too: its head reads each text's first token
     fused_config = parse_pbtxt((root / TOPICS_FUSED / "config.pbtxt").read_text())
     ensemble_config = parse_pbtxt((root / TOPICS / "config.pbtxt").read_text())
     assert fused_config.backend == "python"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from hf2triton.backends import fused, onnx_model, tokenizer
@@ -108,31 +109,48 @@ def test_roberta_positions_start_after_the_padding_index(tiny_checkpoint):
     assert packing.position_offset(bert) == 0
 
 
-def test_only_outputs_per_token_of_single_texts_get_a_packed_graph(tiny_checkpoint):
+def test_packed_inputs_follow_the_task(tiny_checkpoint):
+    """Per-token outputs take the three packed inputs; a classifier's head also takes each
+    text's first token, and a model that takes pairs (classifiers, rerankers) and token types
+    takes those too."""
     from hf2triton.export.checkpoint import inspect_checkpoint
 
-    assert not packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert")))  # a classifier
-    assert not packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "rerank")))  # pairs
-    assert packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "embeddings")))
-    assert packing.supports_packing(inspect_checkpoint(tiny_checkpoint("bert", "token-classification")))
+    def names(model_type, task):
+        return packing.packed_input_names(inspect_checkpoint(tiny_checkpoint(model_type, task)))
+
+    base = onnx_model.PACKED_INPUTS
+    assert names("bert", "embeddings") == base
+    assert names("bert", "token-classification") == base
+    assert names("bert", "sequence-classification") == (*base, onnx_model.TOKEN_TYPES, onnx_model.TEXT_STARTS)
+    assert names("bert", "rerank") == (*base, onnx_model.TOKEN_TYPES, onnx_model.TEXT_STARTS)
+    assert names("roberta", "rerank") == (*base, onnx_model.TEXT_STARTS)  # RoBERTa has no token types
 
 
-@pytest.mark.parametrize("model_type, packs", [("roberta", True), ("xlm-roberta", True), ("electra", True),
-                                               ("mpnet", True), ("distilbert", True), ("deberta-v2", False)])
-def test_packed_graphs_of_other_encoders_pass_their_check_or_are_left_out(tiny_checkpoint, model_type, packs,
-                                                                           tmp_path, caplog):
-    """RoBERTa counts positions from padding_idx + 1: the packed graph adds it, the check proves
-    it. DeBERTa-v2 (relative positions) takes no 4-D mask: no packed graph, the padded one serves."""
+def export_tiny(tiny_checkpoint, model_type: str, task: str, folder):
+    """(checkpoint, torch model, padded graph, served tokenizer, settings) of a tiny encoder."""
     from hf2triton.export.checkpoint import inspect_checkpoint
     from hf2triton.export.onnx_export import export_onnx, load_torch_model
     from hf2triton.export.tokenization import served_tokenizer, tokenizer_settings, write_tokenizer_json
 
-    checkpoint = inspect_checkpoint(tiny_checkpoint(model_type, "embeddings"))
-    tokenizer_json = write_tokenizer_json(checkpoint, tmp_path / "tokenizer.json")
+    checkpoint = inspect_checkpoint(tiny_checkpoint(model_type, task))
+    tokenizer_json = write_tokenizer_json(checkpoint, folder / "tokenizer.json")
     settings = tokenizer_settings(tokenizer_json, checkpoint, 64 * 1024)
     model = load_torch_model(checkpoint)
-    padded = export_onnx(model, checkpoint, tmp_path / "model.onnx")
-    encoder = served_tokenizer(tokenizer_json, settings)
+    padded = export_onnx(model, checkpoint, folder / "model.onnx")
+    return checkpoint, model, padded, served_tokenizer(tokenizer_json, settings), settings
+
+
+@pytest.mark.parametrize("task", ["embeddings", "sequence-classification", "rerank"])
+@pytest.mark.parametrize("model_type, packs", [("bert", True), ("roberta", True), ("xlm-roberta", True),
+                                               ("electra", True), ("mpnet", True), ("distilbert", True),
+                                               ("deberta-v2", False)])
+def test_packed_graphs_of_each_encoder_and_task_pass_their_check_or_are_left_out(
+        tiny_checkpoint, model_type, packs, task, tmp_path, caplog):
+    """RoBERTa counts positions from padding_idx + 1: the packed graph adds it, the check proves
+    it. A classifier's head and a reranker's (pairs: token types) read each text's first token:
+    the check compares their logits per text. DeBERTa-v2 (relative positions) takes no 4-D
+    mask: no packed graph, the padded one serves."""
+    checkpoint, model, padded, encoder, settings = export_tiny(tiny_checkpoint, model_type, task, tmp_path)
     packed = packing.packed_graph(model, checkpoint, padded, tmp_path / "model.packed.onnx", encoder, settings)
     if not packs:
         assert packed is None and "no packed graph (the padded one serves)" in caplog.text
@@ -140,6 +158,22 @@ def test_packed_graphs_of_other_encoders_pass_their_check_or_are_left_out(tiny_c
     assert packed is not None
     check = packing.check_packed(packed, padded, checkpoint, encoder, settings)
     assert check.max_abs_diff < 1e-4 and check.rows < check.texts
+    assert not isinstance(model.base_model, packing.FirstTokens)  # the model is left as it was
+
+
+def test_a_packed_head_that_reads_the_wrong_token_is_caught(tiny_checkpoint, tmp_path):
+    """The check compares each text's logits: starts shifted by one token give other answers."""
+    checkpoint, model, padded, encoder, settings = export_tiny(tiny_checkpoint, "bert", "rerank", tmp_path)
+    packed = packing.export_packed(model, checkpoint, tmp_path / "model.packed.onnx")
+    assert packing.check_packed(packed, padded, checkpoint, encoder, settings).passed
+    graph = onnx.load(str(packed))
+    for node in graph.graph.node:  # every reader of the starts reads them one token on
+        node.input[:] = ["next_tokens" if name == onnx_model.TEXT_STARTS else name for name in node.input]
+    graph.graph.initializer.append(onnx.helper.make_tensor("one", onnx.TensorProto.INT64, [], [1]))
+    graph.graph.node.insert(0, onnx.helper.make_node("Add", [onnx_model.TEXT_STARTS, "one"], ["next_tokens"]))
+    shifted = tmp_path / "shifted.onnx"
+    onnx.save(graph, str(shifted))
+    assert not packing.check_packed(shifted, padded, checkpoint, encoder, settings).passed
 
 
 def test_export_cli_pack_tokens_zero_writes_no_packed_graph_and_a_bad_value_is_refused(tiny_checkpoint, tmp_path):
@@ -185,6 +219,26 @@ def test_only_an_fp32_export_served_by_python_ort_gets_a_packed_graph(exported):
     assert packed("fp32", ServingOptions(layout="fused", pack_tokens=0)) is None
 
 
+def test_the_model_step_runs_pairs_packed_with_their_token_types_one_answer_per_pair(tiny_checkpoint, tmp_path):
+    """A reranker's model step: requests of pairs (and a lone text) in, each pair's logits
+    back as the padded graph gives them, whatever the packing put beside it."""
+    checkpoint, model, padded, encoder, settings = export_tiny(tiny_checkpoint, "bert", "rerank", tmp_path)
+    packed = packing.packed_graph(model, checkpoint, padded, tmp_path / "model.packed.onnx", encoder, settings)
+    requests = [(MIXED[:2], ["a short answer", MIXED[3]]), ([MIXED[2]], [MIXED[0]]), (MIXED, MIXED[::-1])]
+    feeds = [dict(b.arrays) for first, second in requests
+             for b in tokenizer.encode_pair_requests(encoder, [first], [second], settings)]
+    feeds.append(dict(tokenizer.encode_requests(encoder, [["no pair here"]], settings)[0].arrays))
+    lengths = onnx_model.request_rows(feeds)[1]
+    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)  # pairs share rows
+    names = ["logits"]
+    want = onnx_model.run_ragged(onnx_model.create_session(padded), feeds, names, set(), 8192)
+    got = onnx_model.run_packed(onnx_model.create_session(packed), feeds, names, 8192, 256)
+    for feed, (a,), (b,) in zip(feeds, got, want):
+        assert a.shape == b.shape == (len(feed["input_ids"]), 1)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert len({float(a[0][0, 0]) for a in got}) == len(feeds)  # the pairs' answers differ: the check can fail
+
+
 def test_the_model_step_runs_requests_packed_like_the_ragged_path_and_isolates_a_failing_one(exported):
     """The ensemble's python-ort model step on a packed graph: padded requests in, each back at
     its own width with the padded graph's values on every real token; a request whose call
@@ -207,6 +261,7 @@ def test_the_model_step_runs_requests_packed_like_the_ragged_path_and_isolates_a
 
         def __init__(self, session):
             self.session = session
+            self.get_inputs = session.get_inputs
 
         def run(self, names, feeds):
             if (feeds["input_ids"] == 7592).any():  # "hello"

@@ -182,6 +182,25 @@ def assert_like_pipeline(served, expected):
             assert abs(result.scores[label] - p) <= 1e-4, (label, result.scores[label], p)
 
 
+def test_pair_models_serve_packed_graphs_that_take_token_types_and_first_tokens(pair_server):
+    """Every pair model here runs a packed graph, so the tests below check packed answers
+    against transformers: BERT's graph takes the token types (RoBERTa has none), and the
+    pairs they send share rows."""
+    import onnx
+
+    from hf2triton.backends import onnx_model
+
+    _, results = pair_server
+    for name, types in ((PAIRS, True), (PAIRS_FUSED, True), (RERANKER, True), (RERANKER_FUSED, False)):
+        packed = results[name].layout.onnx_file.with_name(onnx_model.PACKED_FILE)
+        inputs = [i.name for i in onnx.load(str(packed), load_external_data=False).graph.input]
+        assert onnx_model.TEXT_STARTS in inputs and (onnx_model.TOKEN_TYPES in inputs) == types, name
+    result = results[PAIRS_FUSED]
+    encoder = steps.load_tokenizer(result.layout.tokenizer_file, result.settings.max_length)
+    lengths = np.array([len(e.ids) for e in steps.tokenize_pairs(encoder, FIRSTS, SECONDS, result.settings)])
+    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", [PAIRS, PAIRS_FUSED])
 def test_pairs_are_classified_like_the_pipeline_over_grpc_and_http(pair_server, model):

@@ -99,14 +99,19 @@ def padded_calls(session, encodings: list, lengths: np.ndarray, token_settings, 
 
 def packed_calls(session, encodings: list, lengths: np.ndarray, token_settings, model_output: str,
                  max_batch_tokens: int, row_tokens: int):
-    """The same per call of a packed graph (``onnx_model.PACKED_FILE``): several texts per row."""
+    """The same per call of a packed graph (``onnx_model.PACKED_FILE``): several texts per
+    row. A classifier's graph answers one row per text (its mask is then unused)."""
     token_ids = [encoding.ids for encoding in encodings]
+    names = onnx_model.input_names(session)
+    type_ids = [encoding.type_ids for encoding in encodings] if onnx_model.TOKEN_TYPES in names else None
     for rows in onnx_model.pack_calls(lengths, row_tokens, max_batch_tokens):
-        batch = onnx_model.packed_batch(token_ids, rows, token_settings.pad_id)
-        (raw,) = session.run([model_output], batch.feeds)
-        indices = [index for row in rows for index in row]
-        padded, mask = onnx_model.unpack(raw, batch, lengths, indices)
-        yield np.array(indices), padded, mask
+        batch = onnx_model.packed_batch(token_ids, rows, token_settings.pad_id, type_ids)
+        (raw,) = session.run([model_output], batch.feeds_for(names))
+        if onnx_model.TEXT_STARTS in names:
+            yield np.array(batch.texts), raw, np.ones((len(batch.texts), 1), dtype=np.int64)
+        else:
+            padded, mask = onnx_model.unpack(raw, batch, lengths, batch.texts)
+            yield np.array(batch.texts), padded, mask
 
 
 def run_texts(session, token_settings, settings: AnswerSettings, texts: list[str], encoder,

@@ -9,9 +9,9 @@ and run in the cheapest sub-batches (cut where padding costs more than another c
 request gets back its own rows at its own width (:func:`run_ragged`). Otherwise
 requests that share a shape (the tokenizer pads to buckets) share one ONNX Runtime call.
 
-A version exported with a packed graph (``PACKED_FILE``: embedders and token classifiers)
-runs every row as a text of its own and packs short texts into shared rows where that
-costs less than padding (:func:`run_packed`).
+A version exported with a packed graph (``PACKED_FILE``) runs every row as a text of its
+own and packs short texts into shared rows where that costs less than padding
+(:func:`run_packed`).
 
 Any client can call this step directly, so each request is checked on its own
 (dtype, rank, shapes, id ranges, positions; :func:`check_feed`) and a bad one gets
@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +366,11 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0,
 # 32 on both are 7.2-7.4 (``perf/packing.py``).
 PACKED_FILE = "model.packed.onnx"
 PACKED_INPUTS = ("input_ids", "position_ids", "segment_ids")
+# A classifier's or reranker's packed graph also takes each text's first token as a flat
+# index into rows × width, in call order, and answers one row per text (its head reads
+# that token); a pair model's also takes the token types (which text of the pair).
+TEXT_STARTS = "text_starts"
+TOKEN_TYPES = "token_type_ids"
 
 # What a packed row of width W costs, in positions: W · (1 + W / ROW_ATTENTION). Attention
 # and its softmax grow with the row, so long rows of short texts are not free: 32 random
@@ -439,15 +444,23 @@ class PackedBatch:
 
     feeds: dict[str, np.ndarray]
     places: dict[int, tuple[int, int]]
+    texts: list[int]  # the call's texts in row order: the order of per-text outputs
+
+    def feeds_for(self, names: Collection[str]) -> dict[str, np.ndarray]:
+        """The feeds a graph with inputs ``names`` takes."""
+        return {name: self.feeds[name] for name in names}
 
 
-def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0) -> PackedBatch:
-    """Feeds for ``rows`` (text indices into ``token_ids``, each a sequence of token ids)."""
+def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0,
+                 type_ids: list | None = None) -> PackedBatch:
+    """Feeds for ``rows`` (text indices into ``token_ids``, each a sequence of token ids);
+    with ``type_ids`` (each text's token types), ``TOKEN_TYPES`` too."""
     width = max(max(sum(len(token_ids[i]) for i in row) for row in rows), 1)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     positions = np.zeros((len(rows), width), dtype=np.int64)
     segments = np.zeros((len(rows), width), dtype=np.int64)
-    places = {}
+    types = np.zeros((len(rows), width), dtype=np.int64)
+    places, texts, starts = {}, [], []
     for r, row in enumerate(rows):
         start = 0
         for segment, index in enumerate(row, start=1):
@@ -455,9 +468,21 @@ def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0) -> Pac
             ids[r, start : start + length] = token_ids[index]
             positions[r, start : start + length] = np.arange(length)
             segments[r, start : start + length] = segment
+            if type_ids is not None:
+                types[r, start : start + length] = type_ids[index]
             places[index] = (r, start)
+            texts.append(index)
+            starts.append(r * width + start)
             start += length
-    return PackedBatch({"input_ids": ids, "position_ids": positions, "segment_ids": segments}, places)
+    feeds = {"input_ids": ids, "position_ids": positions, "segment_ids": segments,
+             TEXT_STARTS: np.array(starts, dtype=np.int64)}
+    if type_ids is not None:
+        feeds[TOKEN_TYPES] = types
+    return PackedBatch(feeds, places, texts)
+
+
+def input_names(session: ort.InferenceSession) -> list[str]:
+    return [node.name for node in session.get_inputs()]
 
 
 def unpack(output: np.ndarray, batch: PackedBatch, lengths: np.ndarray, texts: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -540,24 +565,30 @@ def run_packed(
 ) -> list:
     """:func:`run_ragged` on a packed graph (``PACKED_FILE``): every row of every request is
     a text, run packed where that is cheaper (:func:`pack_calls`). Each request gets its
-    outputs per token at its own width, zero past each row's length, or the exception its
-    own run raised (the requests of a failed call are rerun one at a time)."""
+    outputs per token at its own width, zero past each row's length (a classifier's graph:
+    one output row per text), or the exception its own run raised (the requests of a failed
+    call are rerun one at a time)."""
+    names = input_names(session)
+    per_text_graph = TEXT_STARTS in names
     owners, lengths = request_rows(feeds)
     token_ids = [feeds[i]["input_ids"][r, : lengths[k]] for k, (i, r) in enumerate(owners)]
+    type_ids = ([feeds[i][TOKEN_TYPES][r, : lengths[k]] for k, (i, r) in enumerate(owners)]
+                if TOKEN_TYPES in names else None)
     per_text: dict[int, list[np.ndarray]] = {}
     failed: set[int] = set()
     for rows in pack_calls(lengths, row_tokens, max_batch_tokens):
-        batch = packed_batch(token_ids, rows)
+        batch = packed_batch(token_ids, rows, type_ids=type_ids)
         try:
-            outputs = session.run(output_names, batch.feeds)
+            outputs = session.run(output_names, batch.feeds_for(names))
         except Exception:  # noqa: BLE001 - find the culprit below, whatever ONNX Runtime raised
             if not isolate:
                 raise
             logger.exception("a packed call of %d texts failed; retrying its requests one by one", len(batch.places))
             failed.update(owners[k][0] for k in batch.places)
             continue
-        for k, (row, start) in batch.places.items():
-            per_text[k] = [out[row, start : start + int(lengths[k])] for out in outputs]
+        for j, k in enumerate(batch.texts):
+            row, start = batch.places[k]
+            per_text[k] = [out[j] if per_text_graph else out[row, start : start + int(lengths[k])] for out in outputs]
     results: list = []
     first = 0  # the index of each request's first row in ``owners``
     for i, feed in enumerate(feeds):
@@ -568,7 +599,8 @@ def run_packed(
             except Exception as exc:  # noqa: BLE001 - becomes this request's error response
                 results.append(exc)
         else:
-            results.append([np.stack([fit(per_text[first + r][o], width) for r in range(count)])
+            texts = [per_text[first + r] for r in range(count)]
+            results.append([np.stack([text[o] if per_text_graph else fit(text[o], width) for text in texts])
                             for o in range(len(output_names))])
         first += count
     return results

@@ -133,10 +133,10 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
                         "length, run in sub-batches of at most this many positions; 0 pads requests to "
                         "buckets instead (default: %(default)s)")
     parser.add_argument("--pack-tokens", type=int, default=LibraryDefault(SERVING, "pack_tokens"),
-                        help="embedders and token classifiers on the python-ort model step or the fused "
-                        "model: also export a packed graph (several texts per row, parity-checked beside "
-                        "model.onnx) and run short texts of mixed lengths packed in rows of up to this many "
-                        "tokens, where that costs less than padding; 0: no packed graph (default: %(default)s)")
+                        help="python-ort model step and fused model: also export a packed graph (several "
+                        "texts per row, parity-checked beside model.onnx) and run short texts of mixed lengths "
+                        "packed in rows of up to this many tokens, where that costs less than padding; 0: no "
+                        "packed graph (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version to write (default: 1 for a new model; "
                         "the next version when NAME holds another checkpoint with the same interface; "
                         "the same version when it holds this checkpoint)")

@@ -63,10 +63,10 @@ class ServingOptions:
     # instance's threads and the ONNX file is under 512 MiB (the second session holds its own
     # copy of the weights); 1 = no second session.
     lone_text_threads: int = 0
-    # python-ort model step and fused model of an embedder or token classifier: the export
-    # adds a packed graph (several texts per row, hf2triton.export.packing) and the model
-    # packs rows of up to this many tokens where that costs less than padding; 0 = no
-    # packed graph, padded sub-batches only.
+    # python-ort model step and fused model (fp32, every task): the export adds a packed
+    # graph (several texts per row, hf2triton.export.packing) and the model packs rows of
+    # up to this many tokens where that costs less than padding; 0 = no packed graph,
+    # padded sub-batches only.
     pack_tokens: int = DEFAULT_PACK_TOKENS
 
     def __post_init__(self):
