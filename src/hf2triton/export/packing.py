@@ -108,8 +108,7 @@ def export_packed(model: torch.nn.Module, checkpoint: Checkpoint, path: Path, op
                             names, first_tokens).eval()
     sample = onnx_model.packed_batch([[5, 6, 7], [5, 6, 7, 8], [5]], [[0, 1], [2]],  # two texts in a row
                                      type_ids=[[0, 0, 1], [0, 0, 1, 1], [0]]).feeds
-    axes = {name: {0: "rows", 1: "width"} for name in names}
-    axes[onnx_model.TEXT_STARTS] = {0: "texts"}
+    axes = {name: {0: "texts"} if name == onnx_model.TEXT_STARTS else {0: "rows", 1: "width"} for name in names}
     axes[output] = {0: "rows", 1: "width"} if first_tokens is None else {0: "texts"}
     path.parent.mkdir(parents=True, exist_ok=True)
     if first_tokens is not None:  # the head reads the first tokens the stand-in hands it
