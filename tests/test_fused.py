@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -228,26 +230,47 @@ def test_served_packed_rows_answer_like_each_text_alone(default_export):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_fused_model_runs_the_packed_graph_of_a_version_that_has_one(default_export):
-    """As tritonserver's stub loads it: the version's packed graph, rows of up to pack_tokens
-    (0 in the config: one text per row on the same graph, so an older version still loads)."""
+def stub_args(model_dir, config=None) -> dict:
+    """``initialize``'s arguments as tritonserver's python stub passes them, for version 1."""
     import json
 
     from google.protobuf import json_format
 
+    config = config or parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    return {"model_config": json.dumps(json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)),
+            "model_repository": str(model_dir), "model_version": "1", "model_name": model_dir.name}
+
+
+def test_fused_model_runs_the_packed_graph_of_a_version_that_has_one(default_export):
+    """As tritonserver's stub loads it: the version's packed graph, rows of up to pack_tokens
+    (0 in the config: one text per row on the same graph, so an older version still loads)."""
     result, _ = default_export
     config = parse_pbtxt((result.layout.root / DEFAULT / "config.pbtxt").read_text())
     for pack_tokens, rows in (("256", 256), ("0", 1)):
         config.parameters["pack_tokens"].string_value = pack_tokens
         model = fused.TritonPythonModel()
-        model.initialize({"model_config": json.dumps(json_format.MessageToDict(
-            config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)),
-                          "model_repository": str(result.layout.root / DEFAULT), "model_version": "1",
-                          "model_name": DEFAULT})
+        model.initialize(stub_args(result.layout.root / DEFAULT, config))
         session = model.sessions.session
         assert [i.name for i in session.get_inputs()] == list(onnx_model.PACKED_INPUTS)
         assert model.packed_rows == rows
         assert model._run_texts(TEXTS)["EMBEDDING"].shape == (len(TEXTS), 384)
+
+
+@pytest.mark.parametrize("user_setting", [None, "true"])
+def test_served_models_tokenize_on_the_calling_thread(default_export, repository, monkeypatch, user_setting):
+    """The fused model and the ensemble's tokenizer step turn off the tokenizers library's
+    thread pool in their stub process, unless its environment says otherwise."""
+    result, _ = default_export
+    root, _ = repository
+    for model, model_dir in ((fused.TritonPythonModel(), result.layout.root / DEFAULT),
+                             (tokenizer.TritonPythonModel(), root / f"{DEFAULT}_tokenizer")):
+        if user_setting is None:
+            monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+        else:
+            monkeypatch.setenv("TOKENIZERS_PARALLELISM", user_setting)
+        model.initialize(stub_args(model_dir))
+        assert os.environ["TOKENIZERS_PARALLELISM"] == (user_setting or "false"), model_dir.name
 
 
 @pytest.mark.e2e

@@ -159,6 +159,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.token_settings = tokenizer.TokenizerSettings.from_json(params["settings"])
         self.answer_settings = AnswerSettings.from_json(params["answer"])
+        tokenizer.tokenize_serially()
         self.encoder = tokenizer.load_tokenizer(version_dir / "tokenizer.json", self.token_settings.max_length)
         threads = onnx_model.threads_per_instance(
             int(params.get("intra_op_threads", "0")), onnx_model.instance_count(config)

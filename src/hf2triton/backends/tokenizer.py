@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,20 @@ def load_tokenizer(path: str | Path, max_length: int) -> Tokenizer:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
+
+
+def tokenize_serially() -> None:
+    """Make this (served) process tokenize on the calling thread; an explicit
+    ``TOKENIZERS_PARALLELISM`` in its environment wins.
+
+    The tokenizers library otherwise spreads a batch over a thread pool of every core,
+    the cores the model step needs. Measured on 2 cores (default model): 74 -> 50 µs of
+    CPU per text at 4 texts per call, and the ensemble's tokenizer + postprocess share of
+    server compute at c16 12.5-13.5 % instead of 15.7-18.7 % (three rounds each), same
+    throughput. Called from a served model's ``initialize``, never on import: the
+    library's own users keep their setting.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
@@ -467,6 +482,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.settings = TokenizerSettings.from_json(params["settings"])
+        tokenize_serially()
         self.tokenizer = load_tokenizer(version_dir / "tokenizer.json", self.settings.max_length)
         self.text_input = config["input"][0]["name"]
         self.truncated_output = params["truncated_output"]
