@@ -147,12 +147,33 @@ def measure_served(server, variant: str, texts: list[str], concurrency: int, arg
     return best
 
 
-def measure_all_served(root: Path, texts: list[str], args) -> dict[str, dict[int, PerfPoint]]:
+# The in-process cell each served concurrency is paired with: batch 1 (latency) for c1,
+# the length-sorted ceiling (throughput) under load.
+ADJACENT_CEILING = {1: "ort_b1", 16: "ort_b32_sorted", 64: "ort_b32_sorted"}
+
+ServedCells = dict[str, dict[int, tuple[PerfPoint, InProcess]]]
+
+
+def measure_all_served(root: Path, texts: list[str], cells: CeilingCells, args) -> ServedCells:
+    """Each served cell, and its in-process counterpart measured just before it (same
+    machine state: these machines drift by 10 % within a run), with the server idle."""
     from hf2triton.serving import LocalTritonServer, ServerConfig
 
     config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0)
+    meter = CpuMeter()
+    found: ServedCells = {}
     with LocalTritonServer(config).start(ready_timeout_s=300) as server:
-        return {v: {c: measure_served(server, v, texts, c, args) for c in CONCURRENCIES} for v in args.variants}
+        for variant in args.variants:
+            for concurrency in CONCURRENCIES:
+                name = ADJACENT_CEILING[concurrency]
+                call, batches = cells[name]
+                adjacent = measure_in_process(name, call, batches, args.seconds / 2, args.max_other, args.retries,
+                                              meter)
+                print(f"  in-process {name} (just before): {adjacent.texts_per_s:.1f} texts/s, "
+                      f"p50 {adjacent.p50_ms:.1f} ms", flush=True)
+                point = measure_served(server, variant, texts, concurrency, args)
+                found.setdefault(variant, {})[concurrency] = (point, adjacent)
+    return found
 
 
 def measure_peers(checkpoint: Path, work: Path, texts: list[str], args) -> dict[str, dict]:
@@ -255,7 +276,7 @@ def main(argv=None) -> int:
         checkpoint = export_variants(root, args.variants)
         cells = ceiling_cells(root, checkpoint, texts, args)
         before = measure_ceilings(cells, args, "before the served cells")
-        served = measure_all_served(root, texts, args)
+        served = measure_all_served(root, texts, cells, args)
         after = measure_ceilings(cells, args, "after")
         peers = {} if args.no_peers else measure_peers(checkpoint, Path(tmp), texts, args)
     result = document(command, args, texts, source, faster_cells(before, after), served, peers,
@@ -268,7 +289,7 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(result, indent=2) + "\n")
     plot = plot_throughput_latency([], args.output_dir / f"bench_{stamp}_throughput_p99.png",
                                    "all-MiniLM-L6-v2 served on this CPU, gRPC, 1 text/request, c = 1/16/64",
-                                   lines={v: list(cells.values()) for v, cells in served.items()})
+                                   lines={v: [point for point, _ in cells.values()] for v, cells in served.items()})
     if args.publish:
         written.append(REPO / "perf" / "throughput_p99.png")
         shutil.copyfile(plot, written[-1])

@@ -27,12 +27,16 @@ def step_share(point) -> float | None:
     return sum(v for k, v in shares.items() if not k.endswith("_model")) if len(shares) > 1 else None
 
 
-def served_cell(point) -> dict:
-    return {
+def served_cell(point, adjacent=None) -> dict:
+    """A served cell; ``adjacent``: its in-process counterpart (``InProcess``) measured just before it."""
+    cell = {
         "texts_per_s": point.inferences_per_s, "p50_ms": point.p50_us / 1000, "p99_ms": point.p99_us / 1000,
         "requests": point.requests, "errors": point.errors, "first_error": point.first_error,
         "stable": point.stable, "other_cpu_pct": point.cpu_other_pct, "tokenizer_postprocess_share": step_share(point),
     }
+    if adjacent is not None:
+        cell["adjacent"] = asdict(adjacent)
+    return cell
 
 
 def versions() -> dict[str, str]:
@@ -60,14 +64,29 @@ def ratios(result: dict) -> dict[str, dict[str, float | None]]:
         row = {f"c{c}_over_sorted_ceiling": ratio(cells[c]["texts_per_s"], ceiling) for c in ("16", "64")}
         for c in ("1", "16", "64"):
             row[f"c{c}_over_infinity_onnx"] = ratio(cells[c]["texts_per_s"], infinity.get(c, {}).get("texts_per_s"))
+        row |= paired(cells)
         found[variant] = row
     return found
+
+
+def paired(cells: dict) -> dict[str, float | None]:
+    """Against the in-process cell measured just before each served cell: c16/c64 ÷ the sorted
+    ceiling, and c1's p50 minus batch 1's p50 (ms). None where a cell has no counterpart."""
+    row = {}
+    for c in ("16", "64"):
+        adjacent = cells[c].get("adjacent")
+        row[f"c{c}_over_adjacent_ceiling"] = ratio(cells[c]["texts_per_s"], adjacent and adjacent["texts_per_s"])
+    adjacent = cells["1"].get("adjacent")
+    row["c1_p50_over_adjacent_b1_ms"] = cells["1"]["p50_ms"] - adjacent["p50_ms"] if adjacent else None
+    return row
 
 
 def contention(result: dict) -> dict[str, float]:
     """Other processes' CPU over every cell: the median and the worst."""
     values = [c["other_cpu_pct"] for c in result["ceilings"].values()]
     values += [cell["other_cpu_pct"] for cells in result["served"].values() for cell in cells.values()]
+    values += [cell["adjacent"]["other_cpu_pct"] for cells in result["served"].values() for cell in cells.values()
+               if "adjacent" in cell]
     values += [p["other_cpu_pct"] for peer in result["peers"].values() for p in peer.get("points", {}).values()]
     values = [v for v in values if v is not None and not math.isnan(v)]
     return {"median": statistics.median(values), "max": max(values)} if values else {}
@@ -90,7 +109,8 @@ def document(command: str, args, texts: list[str], source: str, ceilings, served
         "ceilings": {name: asdict(cell) for name, cell in ceilings.items()},
         "ceiling_passes": {when: {name: round(cell.texts_per_s, 1) for name, cell in cells.items()}
                            for when, cells in (passes or {}).items()},
-        "served": {variant: {str(c): served_cell(p) for c, p in cells.items()} for variant, cells in served.items()},
+        "served": {variant: {str(c): served_cell(*cell) for c, cell in cells.items()}
+                   for variant, cells in served.items()},
         "peers": {name: {**peer, "points": {str(c): p for c, p in peer.get("points", {}).items()}}
                   for name, peer in peers.items()},
     }
@@ -125,11 +145,17 @@ def print_report(result: dict) -> None:
                   + "  (" + "/".join(f"{points[c]['other_cpu_pct']:.0f}" for c in ("1", "16", "64")) + ")")
         else:
             print(f"  {name:<28} not measured: {peer.get('error', 'no points')}")
-    print("\nratios (targets: ≥ 0.9 × sorted ceiling at c16/c64; ≥ 1.5 × Infinity ONNX at c16/c64, ≥ 1.0 at c1):")
+    print("\nratios (targets: ≥ 0.9 × sorted ceiling at c16/c64; ≥ 1.5 × Infinity ONNX at c16/c64, ≥ 1.0 at c1;"
+          " p50 at c1 within 2 ms of batch 1):")
     for variant, row in result["ratios"].items():
         print(f"  {variant:<18} ÷ sorted ceiling c16 {_fmt(row['c16_over_sorted_ceiling'])} "
               f"c64 {_fmt(row['c64_over_sorted_ceiling'])}   ÷ Infinity ONNX c1 {_fmt(row['c1_over_infinity_onnx'])} "
               f"c16 {_fmt(row['c16_over_infinity_onnx'])} c64 {_fmt(row['c64_over_infinity_onnx'])}")
+    print("paired with the in-process cell measured just before each served cell:")
+    for variant, row in result["ratios"].items():
+        gap = row.get("c1_p50_over_adjacent_b1_ms")
+        print(f"  {variant:<18} ÷ sorted ceiling c16 {_fmt(row.get('c16_over_adjacent_ceiling'))} "
+              f"c64 {_fmt(row.get('c64_over_adjacent_ceiling'))}   p50 c1 − batch 1: {_fmt(gap, 1)} ms")
     spread = result["contention_pct"]
     if spread:
         print(f"\nother processes' CPU per cell: median {spread['median']:.0f}%, max {spread['max']:.0f}%")

@@ -66,12 +66,15 @@ def render(result: dict) -> str:
     for name, cell in result["ceilings"].items():
         lines.append(f"| {CEILING_NAMES.get(name, name)} | {cell['texts_per_s']:.0f} | {cell['p50_ms']:.1f} per batch "
                      f"| {cell['other_cpu_pct']:.0f} |")
-    lines += ["", "| served | c16 ÷ sorted ceiling | c64 ÷ sorted ceiling | ÷ Infinity ONNX at c1 / c16 / c64 |",
-              "|---|---|---|---|"]
+    lines += ["", "| served | c16 ÷ sorted ceiling | c64 ÷ sorted ceiling | ÷ Infinity ONNX at c1 / c16 / c64 "
+              "| c16 / c64 ÷ sorted ceiling just before | p50 c1 − batch 1 just before |", "|---|---|---|---|---|---|"]
     for variant, row in result["ratios"].items():
         infinity = " / ".join(_num(row[f"c{c}_over_infinity_onnx"], 2) for c in LEVELS)
+        adjacent = " / ".join(_num(row.get(f"c{c}_over_adjacent_ceiling"), 2) for c in ("16", "64"))
+        gap = row.get("c1_p50_over_adjacent_b1_ms")
         lines.append(f"| {variant} | {_num(row['c16_over_sorted_ceiling'], 2)} | "
-                     f"{_num(row['c64_over_sorted_ceiling'], 2)} | {infinity} |")
+                     f"{_num(row['c64_over_sorted_ceiling'], 2)} | {infinity} | {adjacent} | "
+                     f"{'—' if gap is None else f'{gap:.1f} ms'} |")
     return "\n".join(lines)
 
 

@@ -60,7 +60,7 @@ def test_readme_check_mode_flags_a_stale_table(tmp_path, monkeypatch):
     assert readme_table.main(["--check", "--results", str(results)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old figures" not in text
-    assert "`PYTHONPATH=src python perf/bench.py --quick`" in text and "| ensemble | 0.90 | 0.50 | 2.00 / 2.00 / 1.25 |" in text
+    assert "`PYTHONPATH=src python perf/bench.py --quick`" in text and "| ensemble | 0.90 | 0.50 | 2.00 / 2.00 / 1.25 | — / — | — |" in text
     assert "--quick` validation run" in text
 
 
@@ -84,6 +84,35 @@ def test_ratios_against_the_sorted_ceiling_and_infinity_onnx():
     assert row["ensemble"]["c16_over_infinity_onnx"] == pytest.approx(2.0)
     assert row["ensemble"]["c64_over_infinity_onnx"] is None  # no division by a failed peer cell
     assert ratios(document(None))["ensemble"]["c1_over_infinity_onnx"] is None
+
+
+def test_each_served_cell_is_paired_with_the_in_process_cell_measured_just_before_it():
+    from bench_ceiling import InProcess
+    from bench_report import served_cell
+    from hf2triton.perf.sweep import PerfPoint
+
+    def point(texts_per_s: float, p50_ms: float) -> PerfPoint:
+        return PerfPoint(protocol="grpc", batch_size=1, concurrency=1, inferences_per_s=texts_per_s, requests=10,
+                         errors=0, first_error="", client_send_us=0, network_us=0, server=None, client_recv_us=0,
+                         p50_us=p50_ms * 1000, p90_us=0, p95_us=0, p99_us=0, mean_latency_us=0, steps=(), windows=3,
+                         stable=True, cpu_busy_pct=0, cpu_other_pct=2.0)
+
+    result = document(None)
+    result["served"]["ensemble"] = {
+        "1": served_cell(point(150.0, 6.5), InProcess("ort_b1", 200.0, 4.8, 9.0, 1.0)),
+        "16": served_cell(point(225.0, 70.0), InProcess("ort_b32_sorted", 250.0, 110.0, 200.0, 0.0)),
+        "64": served_cell(point(240.0, 260.0), InProcess("ort_b32_sorted", 240.0, 110.0, 200.0, 0.0)),
+    }
+    row = ratios(result)["ensemble"]
+    assert row["c16_over_adjacent_ceiling"] == pytest.approx(0.9)
+    assert row["c64_over_adjacent_ceiling"] == pytest.approx(1.0)
+    assert row["c1_p50_over_adjacent_b1_ms"] == pytest.approx(1.7)
+    assert row["c16_over_sorted_ceiling"] == pytest.approx(225 / 200)  # the run's ceiling stays beside it
+    result |= {"command": "c", "date": "d", "cores": 2, "cpu_flags": [], "seconds_per_cell": 8, "ratios": ratios(result),
+               "texts": {"source": "here", "count": 600, "median_words": 22, "max_words": 67}}
+    assert "| 0.90 / 1.00 | 1.7 ms |" in readme_table.render(result)
+    result["served"]["ensemble"]["16"].pop("adjacent")  # a results file from before pairing renders too
+    assert "| — / 1.00 | 1.7 ms |" in readme_table.render(result | {"ratios": ratios(result)})
 
 
 def test_sentences_are_split_and_drawn_without_the_project_texts():
