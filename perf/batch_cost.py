@@ -6,7 +6,7 @@ Times the served ONNX file (default: the default model exported to a temporary
 repository) on batches of rows × width for one and two threads and fits
 ``time = call + position × rows × width + attention × rows × width²`` by least squares
 on relative error (small calls matter as much as big ones). ``call / position`` is how
-many padded positions one more call is worth: ``onnx_model.CALL_COST_POSITIONS``.
+many padded positions one more call is worth: ``batching.CALL_COST_POSITIONS``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hf2triton.backends import onnx_model  # noqa: E402
+from hf2triton.backends import batching, onnx_model  # noqa: E402
 from hf2triton.cpu import cpu_flags  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 16, 32)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             call, position = fit(model, threads)
             print(f"{threads} thread(s): {call:.2f} ms per call + {position:.3f} ms per position "
                   f"-> one call = {call / position:.0f} positions "
-                  f"(the planner uses {onnx_model.CALL_COST_POSITIONS})")
+                  f"(the planner uses {batching.CALL_COST_POSITIONS})")
     return 0
 
 

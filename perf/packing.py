@@ -8,7 +8,7 @@ random draws of k texts (the benchmark's 600 sentences, or the shipped corpus) r
 through the served pipeline (``fused.run_texts``: tokenize, plan, ONNX Runtime on one
 thread, pool) on each graph in turn, two rounds: the padded plan (texts sorted by
 length, cut into sub-batches where padding costs more than a call) against the packed
-plan (``onnx_model.pack_call``: packed rows where they cost less). Prints CPU ms per
+plan (``batching.pack_call``: packed rows where they cost less). Prints CPU ms per
 text and packed ÷ padded; k around 2-16 is what an instance gets per execution at
 concurrency 16 with one text per request. The length-sorted batch-32 figure of the
 same padded graph (the benchmark's ceiling) is printed beside them.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "perf"))
 
 from bench_texts import cached_or_corpus  # noqa: E402
 
-from hf2triton.backends import fused, onnx_model, tokenizer  # noqa: E402
+from hf2triton.backends import batching, fused, onnx_model, tokenizer  # noqa: E402
 from hf2triton.cpu import cpu_flags  # noqa: E402
 from hf2triton.repository import parse_pbtxt  # noqa: E402
 from hf2triton.repository.layout import DEFAULT_PACK_TOKENS  # noqa: E402

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf2triton.backends import onnx_model, postprocess, tokenizer
+from hf2triton.backends import batching, onnx_model, postprocess, tokenizer
 from hf2triton.backends.tokenizer import TextInputError, TokenizerSettings
 
 
@@ -334,18 +334,18 @@ def test_export_refuses_a_tokenizer_with_ids_past_the_vocabulary(default_model_d
 
 def test_plan_batches_sorts_by_length_and_keeps_the_token_budget():
     lengths = np.array([30, 5, 7, 100, 6, 31, 300])
-    batches = onnx_model.plan_batches(lengths, max_batch_tokens=64)
+    batches = batching.plan_batches(lengths, max_batch_tokens=64)
     assert [b.tolist() for b in batches] == [[1, 4, 2], [0, 5], [3], [6]]  # 3x7, 2x31, 100 and 300 alone
     assert all(len(b) * lengths[b].max() <= 64 or len(b) == 1 for b in batches)
-    assert [b.tolist() for b in onnx_model.plan_batches(lengths, 10_000, max_rows=2)] == [[1], [4, 2], [0, 5], [3], [6]]
+    assert [b.tolist() for b in batching.plan_batches(lengths, 10_000, max_rows=2)] == [[1], [4, 2], [0, 5], [3], [6]]
 
 
 def test_plan_batches_cuts_where_padding_costs_more_than_a_call():
     # Four short rows and a long one: padding the short ones to 100 costs more than a second call.
-    assert [b.tolist() for b in onnx_model.plan_batches(np.array([100, 10, 10, 10, 10]), 8192)] == [[1, 2, 3, 4], [0]]
+    assert [b.tolist() for b in batching.plan_batches(np.array([100, 10, 10, 10, 10]), 8192)] == [[1, 2, 3, 4], [0]]
     # Nearly equal rows share one call: a second call costs more than one position of padding.
-    assert [b.tolist() for b in onnx_model.plan_batches(np.array([11, 10]), 8192)] == [[1, 0]]
-    assert len(onnx_model.plan_batches(np.array([11, 10]), 8192, call_cost=0)) == 2
+    assert [b.tolist() for b in batching.plan_batches(np.array([11, 10]), 8192)] == [[1, 0]]
+    assert len(batching.plan_batches(np.array([11, 10]), 8192, call_cost=0)) == 2
 
 
 def test_plan_batches_is_the_cheapest_cut_of_the_sorted_rows():
@@ -362,7 +362,7 @@ def test_plan_batches_is_the_cheapest_cut_of_the_sorted_rows():
             return sum(16 + (b - a) * ordered[b - 1] for a, b in zip(edges, edges[1:]))
 
         cheapest = min(cost(c) for k in range(len(ordered)) for c in combinations(range(1, len(ordered)), k))
-        batches = onnx_model.plan_batches(lengths, 10_000, call_cost=16)
+        batches = batching.plan_batches(lengths, 10_000, call_cost=16)
         assert sum(16 + len(b) * lengths[b].max() for b in batches) == cheapest
         assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
 

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from conftest import DEFAULT, NER, SENTIMENT, TOPICS, TOPICS_FUSED
 from hf2triton import contract
-from hf2triton.backends import onnx_model, postprocess, tokenizer
+from hf2triton.backends import batching, onnx_model, postprocess, tokenizer
 from hf2triton.errors import ParityError, RepositoryError
 from hf2triton.pipeline import ExportOptions, export_checkpoint
 from hf2triton.repository import parse_pbtxt
@@ -108,6 +108,8 @@ def test_repository_is_self_contained_and_relocatable(repository):
         assert (root / name / "1").is_dir()  # ensembles need an (empty) version folder
         for step, module in ((tok, tokenizer), (model, onnx_model), (post, postprocess)):
             assert (root / step / "1" / "model.py").read_text() == Path(module.__file__).read_text()
+        # the model step imports its batch planning from beside it, as the stub loads it
+        assert (root / model / "1" / "batching.py").read_text() == Path(batching.__file__).read_text()
 
 
 def test_onnx_file_has_dynamic_axes_and_plain_ops(repository):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import DEFAULT, NER, TOPICS, TOPICS_FUSED
-from hf2triton.backends import fused, onnx_model, postprocess, tokenizer
+from hf2triton.backends import batching, fused, onnx_model, postprocess, tokenizer
 from hf2triton.client import Client
 from hf2triton.errors import OptionsError
 from hf2triton.export.parity import PARITY_TEXTS
@@ -26,8 +26,8 @@ def test_fused_folder_is_self_contained_and_carries_the_contract(repository):
     assert layout.kind == "fused" and layout.model_dirs == (root / TOPICS_FUSED,)
     assert not (root / f"{TOPICS_FUSED}_tokenizer").exists()
     version = root / TOPICS_FUSED / "1"
-    assert {p.name for p in version.iterdir()} >= {"model.py", "tokenizer.py", "onnx_model.py", "postprocess.py",
-                                                    "tokenizer.json", "model.onnx"}
+    assert {p.name for p in version.iterdir()} >= {"model.py", "tokenizer.py", "batching.py", "onnx_model.py",
+                                                    "postprocess.py", "tokenizer.json", "model.onnx"}
     assert (version / onnx_model.PACKED_FILE).exists()  # a classifier packs too: its head reads each text's first token
     fused_config = parse_pbtxt((root / TOPICS_FUSED / "config.pbtxt").read_text())
     ensemble_config = parse_pbtxt((root / TOPICS / "config.pbtxt").read_text())
@@ -223,7 +223,7 @@ def test_served_packed_rows_answer_like_each_text_alone(default_export):
              "A medium-length sentence about distributed inference servers and dynamic batching.", "Fine."]
     encoder = tokenizer.load_tokenizer(result.layout.tokenizer_file, result.settings.max_length)
     lengths = np.array([len(e.ids) for e in tokenizer.tokenize(encoder, texts, result.settings)])
-    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)
+    assert any(len(row) > 1 for call in batching.pack_calls(lengths, 256) for row in call)
     with Client(server.grpc_url, model=DEFAULT) as client:
         together = client.embed(texts)
         alone = np.concatenate([client.embed([text]) for text in texts])
@@ -252,7 +252,7 @@ def test_fused_model_runs_the_packed_graph_of_a_version_that_has_one(default_exp
         model = fused.TritonPythonModel()
         model.initialize(stub_args(result.layout.root / DEFAULT, config))
         session = model.sessions.session
-        assert [i.name for i in session.get_inputs()] == list(onnx_model.PACKED_INPUTS)
+        assert [i.name for i in session.get_inputs()] == list(batching.PACKED_INPUTS)
         assert model.packed_rows == rows
         assert model._run_texts(TEXTS)["EMBEDDING"].shape == (len(TEXTS), 384)
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from hf2triton.backends import fused, onnx_model, tokenizer
+from hf2triton.backends import batching, fused, onnx_model, tokenizer
 from hf2triton.export import packing
 from hf2triton.export.parity import PARITY_TEXTS
 
@@ -21,23 +21,23 @@ def plan_texts(plan: list[list[list[int]]]) -> list[int]:
 @pytest.mark.parametrize("lengths", [[5], [3, 40, 7, 22, 9], [30] * 32, [512, 4, 4, 4], list(range(1, 90, 3))])
 @pytest.mark.parametrize("row_tokens", [1, 64, 256])
 def test_every_text_runs_exactly_once(lengths, row_tokens):
-    plan = onnx_model.pack_calls(np.array(lengths), row_tokens, max_batch_tokens=256)
+    plan = batching.pack_calls(np.array(lengths), row_tokens, max_batch_tokens=256)
     assert plan_texts(plan) == list(range(len(lengths)))
     assert all(call and all(call) for call in plan)
 
 
 def test_short_texts_of_mixed_lengths_share_a_row_and_equal_lengths_do_not():
-    mixed = onnx_model.pack_calls(np.array([9, 31, 14, 22]), 256)
+    mixed = batching.pack_calls(np.array([9, 31, 14, 22]), 256)
     assert len(mixed) == 1 and len(mixed[0]) < 4  # one call, texts sharing rows: little padding
-    equal = onnx_model.pack_calls(np.array([30] * 32), 256)
+    equal = batching.pack_calls(np.array([30] * 32), 256)
     assert all(len(row) == 1 for call in equal for row in call)  # padding-free already: short rows win
-    unpacked = onnx_model.pack_calls(np.array([9, 31, 14, 22]), 1)  # row_tokens 1: the padded plan
+    unpacked = batching.pack_calls(np.array([9, 31, 14, 22]), 1)  # row_tokens 1: the padded plan
     assert all(len(row) == 1 for call in unpacked for row in call)
 
 
 def test_a_token_budget_cuts_calls_and_a_longer_text_runs_alone():
     lengths = np.array([300, 40, 40, 40, 40, 40, 40])
-    plan = onnx_model.pack_calls(lengths, 256, max_batch_tokens=128)
+    plan = batching.pack_calls(lengths, 256, max_batch_tokens=128)
     assert [[0]] in plan  # over the budget: alone
     for call in plan:
         assert sum(int(lengths[i]) for row in call for i in row) <= 128 or call == [[0]]
@@ -45,12 +45,12 @@ def test_a_token_budget_cuts_calls_and_a_longer_text_runs_alone():
 
 def test_packed_batch_numbers_positions_per_text_and_unpacks_to_padded_rows():
     token_ids = [[101, 7, 8, 102], [101, 9, 102], [101, 102]]
-    batch = onnx_model.packed_batch(token_ids, [[0, 2], [1]], pad_id=0)
+    batch = batching.packed_batch(token_ids, [[0, 2], [1]], pad_id=0)
     assert batch.feeds["input_ids"].tolist() == [[101, 7, 8, 102, 101, 102], [101, 9, 102, 0, 0, 0]]
     assert batch.feeds["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 0, 0]]
     assert batch.feeds["segment_ids"].tolist() == [[1, 1, 1, 1, 2, 2], [1, 1, 1, 0, 0, 0]]
     per_token = batch.feeds["input_ids"][..., None].astype(np.float32)  # a stand-in output: the ids themselves
-    padded, mask = onnx_model.unpack(per_token, batch, np.array([4, 3, 2]), [2, 0, 1])
+    padded, mask = batching.unpack(per_token, batch, np.array([4, 3, 2]), [2, 0, 1])
     assert padded[..., 0].tolist() == [[101, 102, 0, 0], [101, 7, 8, 102], [101, 9, 102, 0]]
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]]
 
@@ -81,7 +81,7 @@ def test_the_packed_graph_matches_the_padded_one_and_serves_the_same_embeddings(
     answer = fused.AnswerSettings(task="embeddings", model_output="last_hidden_state")
     texts = MIXED + list(PARITY_TEXTS)
     lengths = np.array([len(e.ids) for e in tokenizer.tokenize(encoder, MIXED, settings)])
-    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)  # MIXED gets packed
+    assert any(len(row) > 1 for call in batching.pack_calls(lengths, 256) for row in call)  # MIXED gets packed
     got = fused.run_texts(onnx_model.create_session(packed), settings, answer, texts, encoder,
                           max_batch_tokens=8192, packed_rows=256)
     want = fused.run_texts(onnx_model.create_session(padded), settings, answer, texts, encoder, max_batch_tokens=8192)
@@ -118,12 +118,12 @@ def test_packed_inputs_follow_the_task(tiny_checkpoint):
     def names(model_type, task):
         return packing.packed_input_names(inspect_checkpoint(tiny_checkpoint(model_type, task)))
 
-    base = onnx_model.PACKED_INPUTS
+    base = batching.PACKED_INPUTS
     assert names("bert", "embeddings") == base
     assert names("bert", "token-classification") == base
-    assert names("bert", "sequence-classification") == (*base, onnx_model.TOKEN_TYPES, onnx_model.TEXT_STARTS)
-    assert names("bert", "rerank") == (*base, onnx_model.TOKEN_TYPES, onnx_model.TEXT_STARTS)
-    assert names("roberta", "rerank") == (*base, onnx_model.TEXT_STARTS)  # RoBERTa has no token types
+    assert names("bert", "sequence-classification") == (*base, batching.TOKEN_TYPES, batching.TEXT_STARTS)
+    assert names("bert", "rerank") == (*base, batching.TOKEN_TYPES, batching.TEXT_STARTS)
+    assert names("roberta", "rerank") == (*base, batching.TEXT_STARTS)  # RoBERTa has no token types
 
 
 def export_tiny(tiny_checkpoint, model_type: str, task: str, folder):
@@ -168,9 +168,9 @@ def test_a_packed_head_that_reads_the_wrong_token_is_caught(tiny_checkpoint, tmp
     assert packing.check_packed(packed, padded, checkpoint, encoder, settings).passed
     graph = onnx.load(str(packed))
     for node in graph.graph.node:  # every reader of the starts reads them one token on
-        node.input[:] = ["next_tokens" if name == onnx_model.TEXT_STARTS else name for name in node.input]
+        node.input[:] = ["next_tokens" if name == batching.TEXT_STARTS else name for name in node.input]
     graph.graph.initializer.append(onnx.helper.make_tensor("one", onnx.TensorProto.INT64, [], [1]))
-    graph.graph.node.insert(0, onnx.helper.make_node("Add", [onnx_model.TEXT_STARTS, "one"], ["next_tokens"]))
+    graph.graph.node.insert(0, onnx.helper.make_node("Add", [batching.TEXT_STARTS, "one"], ["next_tokens"]))
     shifted = tmp_path / "shifted.onnx"
     onnx.save(graph, str(shifted))
     assert not packing.check_packed(shifted, padded, checkpoint, encoder, settings).passed
@@ -229,7 +229,7 @@ def test_the_model_step_runs_pairs_packed_with_their_token_types_one_answer_per_
              for b in tokenizer.encode_pair_requests(encoder, [first], [second], settings)]
     feeds.append(dict(tokenizer.encode_requests(encoder, [["no pair here"]], settings)[0].arrays))
     lengths = onnx_model.request_rows(feeds)[1]
-    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)  # pairs share rows
+    assert any(len(row) > 1 for call in batching.pack_calls(lengths, 256) for row in call)  # pairs share rows
     names = ["logits"]
     want = onnx_model.run_ragged(onnx_model.create_session(padded), feeds, names, set(), 8192)
     got = onnx_model.run_packed(onnx_model.create_session(packed), feeds, names, 8192, 256)

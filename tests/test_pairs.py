@@ -188,17 +188,17 @@ def test_pair_models_serve_packed_graphs_that_take_token_types_and_first_tokens(
     pairs they send share rows."""
     import onnx
 
-    from hf2triton.backends import onnx_model
+    from hf2triton.backends import batching, onnx_model
 
     _, results = pair_server
     for name, types in ((PAIRS, True), (PAIRS_FUSED, True), (RERANKER, True), (RERANKER_FUSED, False)):
         packed = results[name].layout.onnx_file.with_name(onnx_model.PACKED_FILE)
         inputs = [i.name for i in onnx.load(str(packed), load_external_data=False).graph.input]
-        assert onnx_model.TEXT_STARTS in inputs and (onnx_model.TOKEN_TYPES in inputs) == types, name
+        assert batching.TEXT_STARTS in inputs and (batching.TOKEN_TYPES in inputs) == types, name
     result = results[PAIRS_FUSED]
     encoder = steps.load_tokenizer(result.layout.tokenizer_file, result.settings.max_length)
     lengths = np.array([len(e.ids) for e in steps.tokenize_pairs(encoder, FIRSTS, SECONDS, result.settings)])
-    assert any(len(row) > 1 for call in onnx_model.pack_calls(lengths, 256) for row in call)
+    assert any(len(row) > 1 for call in batching.pack_calls(lengths, 256) for row in call)
 
 
 @pytest.mark.e2e

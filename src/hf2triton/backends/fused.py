@@ -7,12 +7,12 @@ without the two extra hops between steps. All texts of all requests in one
 padding-minimal sub-batches of at most ``max_batch_tokens`` positions (0: grouped by
 sequence-length bucket instead), each postprocessed on its own. A version exported with
 a packed graph (``model.packed.onnx``) may also run several texts per row (rows of up to
-``pack_tokens``), where that costs less than padding (``onnx_model.pack_call``). A bad
+``pack_tokens``), where that costs less than padding (``batching.pack_call``). A bad
 request gets its own error; if the merged run raises, each request is run on its own
 so only the culprit fails.
 
 Self-contained when served: the three step modules are copied beside this file
-(``tokenizer.py``, ``onnx_model.py``, ``postprocess.py``) and imported from there.
+(``tokenizer.py``, ``batching.py``, ``onnx_model.py``, ``postprocess.py``) and imported from there.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 try:  # as hf2triton.backends.fused, or as "<version>.model" inside tritonserver's stub
-    from . import onnx_model, postprocess, tokenizer
+    from . import batching, onnx_model, postprocess, tokenizer
 except ImportError:  # imported as a top-level module: the step modules sit beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import batching  # type: ignore[no-redef]
     import onnx_model  # type: ignore[no-redef]
     import postprocess  # type: ignore[no-redef]
     import tokenizer  # type: ignore[no-redef]
@@ -38,7 +39,7 @@ try:  # only importable inside tritonserver's python stub
 except ImportError:  # pragma: no cover - exercised outside Triton
     pb_utils = None
 
-STEP_MODULES = ("tokenizer", "onnx_model", "postprocess")  # copied beside model.py
+STEP_MODULES = ("tokenizer", "batching", "onnx_model", "postprocess")  # copied beside model.py
 EMBEDDING_OUTPUT = "EMBEDDING"  # equal to hf2triton.contract's
 TOKENS_OUTPUT = "TOKENS"  # equal to hf2triton.contract.OUTPUT_TOKENS: tokens read per text
 
@@ -85,7 +86,7 @@ def padded_calls(session, encodings: list, lengths: np.ndarray, token_settings, 
     texts sorted by length under ``max_batch_tokens`` (> 0), else grouped by bucket."""
     if max_batch_tokens > 0:
         groups = [(indices, int(lengths[indices].max())) for indices in
-                  onnx_model.plan_batches(lengths, max_batch_tokens)]
+                  batching.plan_batches(lengths, max_batch_tokens)]
     else:
         by_bucket: dict[int, list[int]] = {}
         for index, length in enumerate(lengths):
@@ -103,14 +104,14 @@ def packed_calls(session, encodings: list, lengths: np.ndarray, token_settings, 
     row. A classifier's graph answers one row per text (its mask is then unused)."""
     token_ids = [encoding.ids for encoding in encodings]
     names = onnx_model.input_names(session)
-    type_ids = [encoding.type_ids for encoding in encodings] if onnx_model.TOKEN_TYPES in names else None
-    for rows in onnx_model.pack_calls(lengths, row_tokens, max_batch_tokens):
-        batch = onnx_model.packed_batch(token_ids, rows, token_settings.pad_id, type_ids)
+    type_ids = [encoding.type_ids for encoding in encodings] if batching.TOKEN_TYPES in names else None
+    for rows in batching.pack_calls(lengths, row_tokens, max_batch_tokens):
+        batch = batching.packed_batch(token_ids, rows, token_settings.pad_id, type_ids)
         (raw,) = session.run([model_output], batch.feeds_for(names))
-        if onnx_model.TEXT_STARTS in names:
+        if batching.TEXT_STARTS in names:
             yield np.array(batch.texts), raw, np.ones((len(batch.texts), 1), dtype=np.int64)
         else:
-            padded, mask = onnx_model.unpack(raw, batch, lengths, batch.texts)
+            padded, mask = batching.unpack(raw, batch, lengths, batch.texts)
             yield np.array(batch.texts), padded, mask
 
 

@@ -1,7 +1,7 @@
 """Packed graph: several texts per row, each attending only to its own tokens.
 
 A padded batch of mixed lengths runs every text at the longest one's width. The packed
-graph takes texts back to back instead (``onnx_model.PACKED_INPUTS``: token ids, each
+graph takes texts back to back instead (``batching.PACKED_INPUTS``: token ids, each
 token's position within its text, and its text's number in the row) and builds the
 block-diagonal attention mask inside the graph, so its linear layers — most of the
 work — run on real tokens only. Same weights, same math: parity against the padded
@@ -9,7 +9,7 @@ graph is checked on the parity texts (pairs for pair models) before it is served
 
 Outputs per token (embeddings, pooled after the graph per text; token classification)
 come back per row. A classifier's or reranker's head reads one token per text, so its
-graph also takes each text's first token (``onnx_model.TEXT_STARTS``), hands the head
+graph also takes each text's first token (``batching.TEXT_STARTS``), hands the head
 those tokens only, and answers one row per text; a pair model's also takes token types.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from hf2triton.backends import onnx_model
+from hf2triton.backends import batching, onnx_model
 from hf2triton.backends.tokenizer import TokenizerSettings, tokenize, tokenize_pairs
 from hf2triton.errors import ExportError
 from hf2triton.export.checkpoint import Checkpoint
@@ -74,9 +74,9 @@ class PackedWrapper(torch.nn.Module):
         inputs = {"input_ids": input_ids, "position_ids": feeds["position_ids"] + self.position_offset,
                   "attention_mask": bias}
         if self.token_types:
-            inputs["token_type_ids"] = feeds.get(onnx_model.TOKEN_TYPES, torch.zeros_like(input_ids))
+            inputs["token_type_ids"] = feeds.get(batching.TOKEN_TYPES, torch.zeros_like(input_ids))
         if self.first_tokens is not None:
-            self.first_tokens.starts = feeds[onnx_model.TEXT_STARTS]
+            self.first_tokens.starts = feeds[batching.TEXT_STARTS]
         return self.model(**inputs)[self.output_name]
 
 
@@ -89,11 +89,11 @@ def position_offset(model: torch.nn.Module) -> int:
 
 def packed_input_names(checkpoint: Checkpoint) -> tuple[str, ...]:
     """The packed graph's inputs for ``checkpoint``'s task."""
-    names = onnx_model.PACKED_INPUTS
-    if checkpoint.task.text_pairs and onnx_model.TOKEN_TYPES in checkpoint.input_names:
-        names += (onnx_model.TOKEN_TYPES,)
+    names = batching.PACKED_INPUTS
+    if checkpoint.task.text_pairs and batching.TOKEN_TYPES in checkpoint.input_names:
+        names += (batching.TOKEN_TYPES,)
     if not checkpoint.task.model_output_has_sequence_axis:
-        names += (onnx_model.TEXT_STARTS,)
+        names += (batching.TEXT_STARTS,)
     return names
 
 
@@ -103,12 +103,12 @@ def export_packed(model: torch.nn.Module, checkpoint: Checkpoint, path: Path, op
     names = packed_input_names(checkpoint)
     output = checkpoint.task.model_output
     prefix = getattr(model, "base_model_prefix", "")
-    first_tokens = FirstTokens(getattr(model, prefix)) if onnx_model.TEXT_STARTS in names else None
+    first_tokens = FirstTokens(getattr(model, prefix)) if batching.TEXT_STARTS in names else None
     wrapper = PackedWrapper(model, output, position_offset(model), "token_type_ids" in checkpoint.input_names,
                             names, first_tokens).eval()
-    sample = onnx_model.packed_batch([[5, 6, 7], [5, 6, 7, 8], [5]], [[0, 1], [2]],  # two texts in a row
+    sample = batching.packed_batch([[5, 6, 7], [5, 6, 7, 8], [5]], [[0, 1], [2]],  # two texts in a row
                                      type_ids=[[0, 0, 1], [0, 0, 1, 1], [0]]).feeds
-    axes = {name: {0: "texts"} if name == onnx_model.TEXT_STARTS else {0: "rows", 1: "width"} for name in names}
+    axes = {name: {0: "texts"} if name == batching.TEXT_STARTS else {0: "rows", 1: "width"} for name in names}
     axes[output] = {0: "rows", 1: "width"} if first_tokens is None else {0: "texts"}
     path.parent.mkdir(parents=True, exist_ok=True)
     if first_tokens is not None:  # the head reads the first tokens the stand-in hands it
@@ -165,8 +165,8 @@ def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, se
     packed_session, padded_session = onnx_model.create_session(packed), onnx_model.create_session(padded)
     names = onnx_model.input_names(packed_session)
     order = [int(i) for i in np.argsort(-lengths, kind="stable")]
-    rows = onnx_model.balanced_rows(order, lengths, max(1, len(order) // texts_per_row))
-    batch = onnx_model.packed_batch(token_ids, rows, settings.pad_id, type_ids)
+    rows = batching.balanced_rows(order, lengths, max(1, len(order) // texts_per_row))
+    batch = batching.packed_batch(token_ids, rows, settings.pad_id, type_ids)
     (raw,) = packed_session.run([output], batch.feeds_for(names))
     worst = 0.0
     for j, index in enumerate(batch.texts):
@@ -174,13 +174,13 @@ def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, se
         feeds = {"input_ids": alone, "attention_mask": np.ones_like(alone),
                  "token_type_ids": np.array([type_ids[index]], dtype=np.int64)}
         (reference,) = padded_session.run([output], {n: feeds[n] for n in checkpoint.input_names})
-        if onnx_model.TEXT_STARTS in names:
+        if batching.TEXT_STARTS in names:
             got = raw[j]
         else:
             row, start = batch.places[index]
             got = raw[row, start : start + len(token_ids[index])]
         worst = max(worst, float(np.abs(got - reference[0]).max(initial=0.0)))
-    return PackedCheck(len(encodings), len(rows), worst, atol, "text" if onnx_model.TEXT_STARTS in names else "token")
+    return PackedCheck(len(encodings), len(rows), worst, atol, "text" if batching.TEXT_STARTS in names else "token")
 
 
 def packed_graph(model: torch.nn.Module, checkpoint: Checkpoint, padded: Path, destination: Path, encoder,

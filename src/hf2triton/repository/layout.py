@@ -25,7 +25,7 @@ BACKENDS = ("python-ort", "onnxruntime", "tensorrt")
 # (hf2triton.repository.assembly.choose_layout says which and why).
 LAYOUTS = ("auto", "ensemble", "fused")
 DEFAULT_LAYOUT = "auto"
-DEFAULT_PACK_TOKENS = 256  # the widest packed row a model tries (hf2triton.backends.onnx_model.pack_call)
+DEFAULT_PACK_TOKENS = 256  # the widest packed row a model tries (hf2triton.backends.batching.pack_call)
 MANIFEST = "hf2triton.json"  # what built it, from which checkpoint: NAME/ (latest export) and NAME/<version>/
 CONFIG = "config.pbtxt"
 

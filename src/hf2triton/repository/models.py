@@ -296,11 +296,12 @@ def model_step_files(
     model: PythonModel, onnx_file: Path, serving: ServingOptions, plans: dict[str, Path],
     packed_file: Path | None = None,
 ) -> tuple[pb.ModelConfig, dict[str, bytes | Path]]:
-    """The model step in the chosen flavour: python-ort (model.py + model.onnx, and the packed
-    graph it serves when there is one), the container's onnxruntime backend (model.onnx), or
+    """The model step in the chosen flavour: python-ort (model.py + model.onnx + batching.py,
+    and the packed graph it serves when there is one), the container's onnxruntime backend (model.onnx), or
     tensorrt (one plan per GPU arch)."""
     if serving.backend == "python-ort":
-        files: dict[str, bytes | Path] = {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file}
+        files: dict[str, bytes | Path] = {"model.py": backend_source("onnx_model"), "model.onnx": onnx_file,
+                                          "batching.py": backend_source("batching")}  # model.py imports it
         if packed_file is not None and serving.pack_tokens > 0:
             files[PACKED_FILE] = packed_file
         return build_python_model(model), files
