@@ -162,7 +162,7 @@ def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0,
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     positions = np.zeros((len(rows), width), dtype=np.int64)
     segments = np.zeros((len(rows), width), dtype=np.int64)
-    types = np.zeros((len(rows), width), dtype=np.int64)
+    types = np.zeros((len(rows), width), dtype=np.int64) if type_ids is not None else None
     places, texts, starts = {}, [], []
     for r, row in enumerate(rows):
         start = 0
@@ -171,7 +171,7 @@ def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0,
             ids[r, start : start + length] = token_ids[index]
             positions[r, start : start + length] = np.arange(length)
             segments[r, start : start + length] = segment
-            if type_ids is not None:
+            if types is not None:
                 types[r, start : start + length] = type_ids[index]
             places[index] = (r, start)
             texts.append(index)
@@ -179,7 +179,7 @@ def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0,
             start += length
     feeds = {"input_ids": ids, "position_ids": positions, "segment_ids": segments,
              TEXT_STARTS: np.array(starts, dtype=np.int64)}
-    if type_ids is not None:
+    if types is not None:
         feeds[TOKEN_TYPES] = types
     return PackedBatch(feeds, places, texts)
 
