@@ -13,12 +13,14 @@ news sentences that are not in the project's corpus: see ``bench_texts.py``):
    measured before and again after the served cells, the faster of the two kept per cell
    (a ceiling measured while the machine was briefly slow would flatter the ratios);
 2. hf2triton served: each layout/variant in ``--variants``, one text per request over gRPC,
-   concurrency 1 / 16 / 64 (closed loop);
+   concurrency 1 / 16 / 64 (closed loop), each cell right after its in-process counterpart
+   (batch 1 for c1, the sorted ceiling for c16/c64; half a cell's time, the server idle);
 3. Infinity (``infinity-emb``) ONNX and torch engines, installed into ``perf/.peers/infinity``
    and started as DESIGN.md says, answers checked against sentence-transformers first.
 
-Ratios printed: served ÷ length-sorted ceiling at c16/c64, served ÷ Infinity ONNX at
-c1/c16/c64. Every cell records the CPU other processes used (``hf2triton.cpu.CpuMeter``);
+Ratios printed: served ÷ length-sorted ceiling at c16/c64 (the run's faster pass, and the
+one measured just before the cell), p50 at c1 minus batch 1's just before, served ÷
+Infinity ONNX at c1/c16/c64. Every cell records the CPU other processes used (``hf2triton.cpu.CpuMeter``);
 a cell over ``--max-other`` percent is measured again (``--retries``) and the quietest kept.
 Results go to ``perf/results/bench_<time>.json``; ``--publish`` also writes
 ``perf/bench_results.json``, from which ``perf/readme_table.py --write`` makes the
