@@ -11,7 +11,7 @@ a packed graph (``model.packed.onnx``) may also run several texts per row (rows 
 request gets its own error; if the merged run raises, each request is run on its own
 so only the culprit fails.
 
-Self-contained when served: the three step modules are copied beside this file
+Self-contained when served: the step modules are copied beside this file
 (``tokenizer.py``, ``batching.py``, ``onnx_model.py``, ``postprocess.py``) and imported from there.
 """
 
