@@ -1,11 +1,12 @@
 """Where the CPU goes while a server answers: per process (tritonserver, each python stub,
 this load generator) and per step (Triton's statistics), for each model × concurrency.
 
-    PYTHONPATH=src python perf/cpu_breakdown.py REPOSITORY MODEL [MODEL ...] [--concurrency 1 16 64]
+    PYTHONPATH=src python perf/cpu_breakdown.py REPOSITORY MODEL [MODEL ...] [--concurrency 1 16 64] [--pairs]
 
 Starts the bundled tritonserver on REPOSITORY, drives each MODEL with the project's load
 generator (one text per request over gRPC, the benchmark's 600 texts when present, else
-the shipped corpus) and prints texts/s, p50, CPU % per process (100 % = one core) and
+the shipped corpus; ``--pairs``: each text with the next one as its ``TEXT_PAIR``, for
+pair classifiers and rerankers) and prints texts/s, p50, CPU % per process (100 % = one core) and
 each step's share of server compute with its requests per execution. How the fixed
 cost per request was found (issue 11): the postprocess step ran once per request until
 its inputs allowed ragged batches.
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=6.0, help="measurement per cell (default: 6)")
+    parser.add_argument("--pairs", action="store_true", help="send text pairs (pair classifiers, rerankers)")
     args = parser.parse_args(argv)
     texts = cached_or_corpus(BENCH_TEXTS)
     print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}; {os.cpu_count()} cores; {len(texts)} texts")
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
         for model in args.models:
             for concurrency in args.concurrency:
                 settings = SweepSettings(model=model, urls={"grpc": server.grpc_url}, concurrencies=(concurrency,),
-                                         window_s=args.seconds / 3, warmup_s=1.0, stable_windows=3, max_windows=4)
+                                         window_s=args.seconds / 3, warmup_s=1.0, stable_windows=3, max_windows=4,
+                                         pairs=args.pairs)
                 before, start = snapshot(pgid), time.monotonic()
                 (point,) = run_sweep(settings, texts, CpuMeter(pgid))
                 used = cpu_by_process(before, snapshot(pgid), time.monotonic() - start)

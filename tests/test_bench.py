@@ -309,6 +309,15 @@ def test_the_classifier_checkpoint_serves_packed_and_the_packing_script_measures
     assert "packed ÷ padded" in capsys.readouterr().out
 
 
+def test_the_reranker_checkpoint_is_a_one_label_cross_encoder(tmp_path):
+    import classifier_checkpoint
+
+    from hf2triton.export.checkpoint import inspect_checkpoint
+
+    checkpoint = inspect_checkpoint(classifier_checkpoint.write_classifier(tmp_path / "reranker", reranker=True))
+    assert checkpoint.task.name == "rerank"
+
+
 def test_measurement_scripts_read_the_cached_benchmark_sentences_or_the_corpus_without_downloading(tmp_path):
     from bench_texts import cached_file, cached_or_corpus
 

@@ -375,3 +375,39 @@ def test_infer_takes_text_pair_and_parameters_by_keyword_only():
     with Client("127.0.0.1:1", model="m") as client:
         with pytest.raises(TypeError):
             client.infer(["a"], ["b"])  # Client.infer(texts, *, text_pair=..., parameters=...)
+
+
+@pytest.mark.e2e
+def test_perf_sweeps_a_reranker_with_pairs_and_refuses_pairs_for_a_model_without_them(pair_server, tmp_path,
+                                                                                        caplog):
+    """``hf2triton perf --pairs``: every request carries TEXT_PAIR (each text with the next), and
+    the served model answers them all; an embedder takes no pairs, which the sweep says up front."""
+    from hf2triton.cli import main
+    from hf2triton.errors import ClientError
+    from hf2triton.perf.corpus import load_texts
+    from hf2triton.perf.sweep import SweepSettings, request_batches, run_sweep
+
+    server, _ = pair_server
+    texts = load_texts()[:40]
+    batch = request_batches(texts, 3, count=2, pairs=True)[1]
+    assert batch.texts[:, 0].tolist() == [t.encode() for t in texts[3:6]]
+    assert batch.pairs[:, 0].tolist() == [t.encode() for t in texts[4:7]]
+    assert request_batches(texts, 3, count=1)[0].pairs is None
+
+    settings = SweepSettings(model=RERANKER, urls={"grpc": server.grpc_url, "http": server.http_url},
+                             concurrencies=(2,), batch_sizes=(1, 4), window_s=0.3, warmup_s=0.1,
+                             stable_windows=1, max_windows=2, pairs=True)
+    points = run_sweep(settings, texts)
+    assert len(points) == 4 and all(p.requests > 0 and p.errors == 0 for p in points)
+    with pytest.raises(ClientError, match=f"'{EMBEDDER}' takes no TEXT_PAIR input"):
+        run_sweep(SweepSettings(model=EMBEDDER, urls={"grpc": server.grpc_url}, concurrencies=(1,), pairs=True),
+                  texts)
+    with caplog.at_level("WARNING"):
+        run_sweep(SweepSettings(model=RERANKER, urls={"grpc": server.grpc_url}, concurrencies=(1,), window_s=0.3,
+                                warmup_s=0.1, stable_windows=1, max_windows=1), texts)
+    assert "sends each text alone" in caplog.text
+    assert main(["perf", "--model", RERANKER_FUSED, "--grpc-url", server.grpc_url, "--concurrency", "1",
+                 "--window", "0.3", "--warmup", "0.1", "--stable-windows", "1", "--max-windows", "1",
+                 "--pairs", "-o", str(tmp_path)]) == 0
+    result = __import__("json").loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["settings"]["pairs"] is True

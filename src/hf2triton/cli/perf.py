@@ -39,6 +39,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", nargs="+", type=int, default=LibraryDefault(SETTINGS, "batch_sizes"),
                         help="texts per request (default: %(default)s)")
     parser.add_argument("--texts", type=Path, help="text file, one text per line (default: the shipped corpus)")
+    parser.add_argument("--pairs", action="store_true",
+                        help="send each text with the next one as its TEXT_PAIR: the load of a pair classifier "
+                        "or reranker")
     parser.add_argument("--window", type=float, default=LibraryDefault(SETTINGS, "window_s"),
                         help="measurement window in s (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=LibraryDefault(SETTINGS, "warmup_s"),
@@ -64,7 +67,8 @@ def sweep_settings(args: argparse.Namespace):
         if not isinstance(getattr(args, option), LibraryDefault):
             values[field] = tuple(getattr(args, option))
     urls = {p: (args.grpc_url if p == "grpc" else args.http_url) for p in args.protocol}
-    return SweepSettings(model=args.model, urls=urls, tls=tls_options(args, *urls.values()), **values)
+    return SweepSettings(model=args.model, urls=urls, tls=tls_options(args, *urls.values()), pairs=args.pairs,
+                         **values)
 
 
 def run_perf(args: argparse.Namespace) -> int:

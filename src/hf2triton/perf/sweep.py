@@ -2,7 +2,8 @@
 
 For each protocol × request batch size × concurrency (a *point*), ``concurrency``
 workers each keep one request in flight over one shared tritonclient aio connection,
-sending real texts in order. After a warm-up, the point is measured in windows of
+sending real texts in order (with ``pairs``, each text with the next one as its
+``TEXT_PAIR``: the load of a pair classifier or reranker). After a warm-up, the point is measured in windows of
 ``window_s``; it ends when the last ``stable_windows`` windows agree within
 ``stability_pct`` on throughput and mean latency (perf_analyzer's rule), or after
 ``max_windows`` (then it is marked unstable). Server-side time comes from Triton's
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hf2triton import contract
 from hf2triton.client.transport import PROTOCOLS, Transport, output_arrays, parse_endpoint
 from hf2triton.errors import ClientError, Hf2TritonError
 from hf2triton.cpu import CpuMeter, CpuUsage
@@ -54,6 +56,7 @@ class SweepSettings:
     max_windows: int = 8
     request_timeout_s: float = 60.0
     tls: Mapping[str, Any] = field(default_factory=dict)  # parse_endpoint's TLS keywords (ssl, root_certificates, ...)
+    pairs: bool = False  # send each text with the next one as its TEXT_PAIR (pair classifiers, rerankers)
 
     def __post_init__(self) -> None:
         problems = [f"unknown protocol {p!r} (use grpc or http)" for p in self.urls if p not in PROTOCOLS]
@@ -162,6 +165,7 @@ class _Connection:
         self.stats_transport = Transport(endpoint, model, asynchronous=True, timeout_s=timeout_s, connections=1)
         self.steps: tuple[str, ...] = ()
         self.output_names: tuple[str, ...] = ()
+        self.takes_pairs = False
 
     async def open(self) -> None:
         with self.transport.translated():
@@ -169,6 +173,7 @@ class _Connection:
         body = config.get("config", config)
         self.steps = composing_models(self.model, body)
         self.output_names = tuple(output["name"] for output in body.get("output", []))
+        self.takes_pairs = any(tensor["name"] == contract.INPUT_TEXT_PAIR for tensor in body.get("input", []))
 
     async def close(self) -> None:
         for transport in (self.transport, self.stats_transport):
@@ -179,9 +184,9 @@ class _Connection:
     async def counters(self) -> dict[str, ModelCounters]:
         return counters_by_model(await self.stats_transport.statistics())
 
-    async def infer(self, batch: np.ndarray, recorder: _Recorder) -> None:
+    async def infer(self, batch: RequestBatch, recorder: _Recorder) -> None:
         start = time.perf_counter()
-        request = self.transport.request(batch, self.output_names)
+        request = self.transport.request(batch.texts, self.output_names, pair=batch.pairs)
         sent = time.perf_counter()
         try:
             result = await self.transport.infer(request)
@@ -197,17 +202,29 @@ class _Connection:
         recorder.recv_us += (done - received) * 1e6
 
 
-def request_batches(texts: Sequence[str], batch_size: int, count: int = 512) -> list[np.ndarray]:
-    """``count`` BYTES tensors [batch_size, 1] of consecutive texts (wrapping around)."""
+@dataclass(frozen=True)
+class RequestBatch:
+    """One request's BYTES tensors [batch_size, 1]: ``TEXT``, and ``TEXT_PAIR`` when sending pairs."""
+
+    texts: np.ndarray
+    pairs: np.ndarray | None = None
+
+
+def request_batches(texts: Sequence[str], batch_size: int, count: int = 512,
+                    pairs: bool = False) -> list[RequestBatch]:
+    """``count`` requests of ``batch_size`` consecutive texts (wrapping around); with
+    ``pairs`` each text's pair is the text after it."""
     encoded = [t.encode("utf-8") for t in texts]
-    batches = []
-    for index in range(count):
-        rows = [encoded[(index * batch_size + j) % len(encoded)] for j in range(batch_size)]
-        batches.append(np.array(rows, dtype=np.object_).reshape(batch_size, 1))
-    return batches
+
+    def rows(first: int) -> np.ndarray:
+        chosen = [encoded[(first + j) % len(encoded)] for j in range(batch_size)]
+        return np.array(chosen, dtype=np.object_).reshape(batch_size, 1)
+
+    return [RequestBatch(rows(index * batch_size), rows(index * batch_size + 1) if pairs else None)
+            for index in range(count)]
 
 
-async def _worker(connection: _Connection, batches: list[np.ndarray], offset: int, stride: int,
+async def _worker(connection: _Connection, batches: list[RequestBatch], offset: int, stride: int,
                   recorder: _Recorder, stop: asyncio.Event) -> None:
     index = offset
     while not stop.is_set():
@@ -292,7 +309,7 @@ def _merge_steps(per_window: Sequence[tuple[StepTime, ...]]) -> tuple[StepTime, 
     return tuple(merged)
 
 
-async def measure_point(connection: _Connection, batches: list[np.ndarray], settings: SweepSettings,
+async def measure_point(connection: _Connection, batches: list[RequestBatch], settings: SweepSettings,
                         batch_size: int, concurrency: int, meter: CpuMeter,
                         progress: ProgressCallback | None = None) -> PerfPoint:
     """Warm up, then measure windows until stable or bounded; stop the workers cleanly."""
@@ -327,14 +344,25 @@ async def run_sweep_async(settings: SweepSettings, texts: Sequence[str], meter: 
                                  settings.request_timeout_s, settings.tls)
         try:
             await connection.open()
+            check_pairs(settings, connection.takes_pairs)
             for batch_size in settings.batch_sizes:
-                batches = request_batches(texts, batch_size)
+                batches = request_batches(texts, batch_size, pairs=settings.pairs)
                 for concurrency in settings.concurrencies:
                     points.append(await measure_point(connection, batches, settings, batch_size, concurrency,
                                                       meter, progress))
         finally:
             await connection.close()
     return points
+
+
+def check_pairs(settings: SweepSettings, takes_pairs: bool) -> None:
+    """Refuse pairs for a model without ``TEXT_PAIR``; say so when a pair model gets texts alone."""
+    if settings.pairs and not takes_pairs:
+        raise ClientError(f"model {settings.model!r} takes no {contract.INPUT_TEXT_PAIR} input: sending pairs "
+                          f"(--pairs) is for pair classifiers and rerankers; sweep this model without it")
+    if takes_pairs and not settings.pairs:
+        log.warning("model %r takes %s; this sweep sends each text alone (hf2triton perf --pairs sends pairs)",
+                    settings.model, contract.INPUT_TEXT_PAIR)
 
 
 def run_sweep(settings: SweepSettings, texts: Sequence[str], meter: CpuMeter | None = None,
