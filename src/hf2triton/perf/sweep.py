@@ -3,10 +3,10 @@
 For each protocol × request batch size × concurrency (a *point*), ``concurrency``
 workers each keep one request in flight over one shared tritonclient aio connection,
 sending real texts in order (with ``pairs``, each text with the next one as its
-``TEXT_PAIR``: the load of a pair classifier or reranker). After a warm-up, the point is measured in windows of
-``window_s``; it ends when the last ``stable_windows`` windows agree within
-``stability_pct`` on throughput and mean latency (perf_analyzer's rule), or after
-``max_windows`` (then it is marked unstable). Server-side time comes from Triton's
+``TEXT_PAIR``: the load of a pair classifier or reranker). After a warm-up, the point
+is measured in windows of ``window_s``; it ends when the last ``stable_windows``
+windows agree within ``stability_pct`` on throughput and mean latency (perf_analyzer's
+rule), or after ``max_windows`` (then it is marked unstable). Server-side time comes from Triton's
 statistics API, snapshotted around each window, per composing model. Failed requests
 are counted per point and the first error message kept; a point never hides them.
 """
