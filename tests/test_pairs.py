@@ -380,8 +380,11 @@ def test_infer_takes_text_pair_and_parameters_by_keyword_only():
 @pytest.mark.e2e
 def test_perf_sweeps_a_reranker_with_pairs_and_refuses_pairs_for_a_model_without_them(pair_server, tmp_path,
                                                                                         caplog):
-    """``hf2triton perf --pairs``: every request carries TEXT_PAIR (each text with the next), and
-    the served model answers them all; an embedder takes no pairs, which the sweep says up front."""
+    """``hf2triton perf --pairs``: every request is built with TEXT_PAIR (each text with the next)
+    and the served rerankers answer them all; an embedder takes no pairs, which the sweep says
+    up front."""
+    import json
+
     from hf2triton.cli import main
     from hf2triton.errors import ClientError
     from hf2triton.perf.corpus import load_texts
@@ -409,5 +412,5 @@ def test_perf_sweeps_a_reranker_with_pairs_and_refuses_pairs_for_a_model_without
     assert main(["perf", "--model", RERANKER_FUSED, "--grpc-url", server.grpc_url, "--concurrency", "1",
                  "--window", "0.3", "--warmup", "0.1", "--stable-windows", "1", "--max-windows", "1",
                  "--pairs", "-o", str(tmp_path)]) == 0
-    result = __import__("json").loads(next(tmp_path.glob("*.json")).read_text())
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert result["settings"]["pairs"] is True
