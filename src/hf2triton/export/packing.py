@@ -164,6 +164,7 @@ def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, se
     output = checkpoint.task.model_output
     packed_session, padded_session = onnx_model.create_session(packed), onnx_model.create_session(padded)
     names = onnx_model.input_names(packed_session)
+    per_text = batching.TEXT_STARTS in names  # a classifier's graph: one output row per text
     order = [int(i) for i in np.argsort(-lengths, kind="stable")]
     rows = batching.balanced_rows(order, lengths, max(1, len(order) // texts_per_row))
     batch = batching.packed_batch(token_ids, rows, settings.pad_id, type_ids)
@@ -174,13 +175,13 @@ def check_packed(packed: Path, padded: Path, checkpoint: Checkpoint, encoder, se
         feeds = {"input_ids": alone, "attention_mask": np.ones_like(alone),
                  "token_type_ids": np.array([type_ids[index]], dtype=np.int64)}
         (reference,) = padded_session.run([output], {n: feeds[n] for n in checkpoint.input_names})
-        if batching.TEXT_STARTS in names:
+        if per_text:
             got = raw[j]
         else:
             row, start = batch.places[index]
             got = raw[row, start : start + len(token_ids[index])]
         worst = max(worst, float(np.abs(got - reference[0]).max(initial=0.0)))
-    return PackedCheck(len(encodings), len(rows), worst, atol, "text" if batching.TEXT_STARTS in names else "token")
+    return PackedCheck(len(encodings), len(rows), worst, atol, "text" if per_text else "token")
 
 
 def packed_graph(model: torch.nn.Module, checkpoint: Checkpoint, padded: Path, destination: Path, encoder,
