@@ -44,6 +44,17 @@ def test_library_defaults_are_not_passed_unless_set():
     assert "explicit" in LibraryChoices("hf2triton.serving.config:MODEL_CONTROL_MODES")
 
 
+def test_preferred_batch_sizes_from_the_command_line():
+    from hf2triton.cli.export import serving_options
+
+    def preferred(*flags: str):
+        return serving_options(build_parser().parse_args(["export", *flags])).model_batch_sizes(32)
+
+    assert preferred() == (8, 16, 32)  # the library's default: the instances share a long queue
+    assert preferred("--preferred-batch-size") == ()  # the flag alone: none
+    assert preferred("--preferred-batch-size", "4", "12") == (4, 12)
+
+
 # One line on stderr and exit status 2 for each user mistake, in each command.
 MISTAKES = [
     (("serve", "--http-port", "70000"), "http_port must be in 0..65535, not 70000"),

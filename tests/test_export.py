@@ -39,6 +39,9 @@ def test_every_config_parses_and_the_ensemble_is_wired(repository):
     assert set(parsed) == {d.name for result in results.values() for d in result.layout.model_dirs}
     assert {f"{TOPICS}_int8_qdq", f"{TOPICS}_model_int8_qdq"} <= set(parsed)  # variants side by side
     assert TOPICS_FUSED in parsed and f"{TOPICS_FUSED}_model" not in parsed  # the fused layout is one model
+    fused_rows = parsed[TOPICS_FUSED].max_batch_size
+    assert list(parsed[TOPICS_FUSED].dynamic_batching.preferred_batch_size) == sorted(
+        {fused_rows // 4, fused_rows // 2, fused_rows})
     for name in (DEFAULT, SENTIMENT, TOPICS, NER, f"{TOPICS}_int8_qdq"):
         ensemble = parsed[name]
         assert ensemble.platform == "ensemble"
@@ -56,6 +59,11 @@ def test_every_config_parses_and_the_ensemble_is_wired(repository):
             available |= set(step.output_map.values())
             assert step_config.max_batch_size == ensemble.max_batch_size
             assert step_config.HasField("dynamic_batching")
+        tokenizer_step, model_step = (parsed[s.model_name] for s in ensemble.ensemble_scheduling.step[:2])
+        rows = model_step.max_batch_size
+        # Two python-ort instances share a long queue: a quarter, half and all of it per execution.
+        assert list(model_step.dynamic_batching.preferred_batch_size) == sorted({rows // 4, rows // 2, rows})
+        assert not tokenizer_step.dynamic_batching.preferred_batch_size
         assert {o.name for o in ensemble.output} <= available
         assert ensemble.parameters[contract.PARAM_TASK].string_value in (
             "embeddings", "sequence-classification", "token-classification")

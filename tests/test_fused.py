@@ -155,6 +155,15 @@ def test_unknown_layout_is_refused():
         ServingOptions(max_batch_size=8, preferred_batch_sizes=(16,))
 
 
+def test_model_instances_prefer_batch_sizes_that_share_a_long_queue():
+    assert ServingOptions().model_batch_sizes(32) == (8, 16, 32)
+    assert ServingOptions().model_batch_sizes(3) == (1, 3)
+    assert ServingOptions(model_instances=1).model_batch_sizes(32) == ()  # it would only split its own queue
+    assert ServingOptions(backend="onnxruntime", layout="ensemble").model_batch_sizes(32) == ()  # unmeasured there
+    assert ServingOptions(preferred_batch_sizes=()).model_batch_sizes(32) == ()  # --preferred-batch-size alone
+    assert ServingOptions(preferred_batch_sizes=(4,)).model_batch_sizes(32) == (4,)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_served_fused_model_answers_like_the_ensemble(server, protocol):

@@ -127,7 +127,9 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dynamic batching: max µs a request waits for others (default: %(default)s)")
     parser.add_argument("--preferred-batch-size", type=int, nargs="*",
                         default=LibraryDefault(SERVING, "preferred_batch_sizes"),
-                        help="dynamic batching: preferred batch sizes (default: %(default)s)")
+                        help="dynamic batching: preferred batch sizes of the model step (or fused model); none "
+                        "given: no preferred sizes (default on python-ort with 2+ instances: a quarter, half "
+                        "and all of --max-batch-size, so the instances share a long queue)")
     parser.add_argument("--max-batch-tokens", type=int, default=LibraryDefault(SERVING, "max_batch_tokens"),
                         help="python-ort model step and fused model: texts of all queued requests sorted by "
                         "length, run in sub-batches of at most this many positions; 0 pads requests to "

@@ -156,7 +156,7 @@ def step_models(
         outputs=(model_output,),
         max_batch_size=rows,
         instance_count=serving.model_instances,
-        batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
+        batching=Batching(serving.model_queue_delay_us, serving.model_batch_sizes(rows)),
         parameters={"onnx_file": "model.onnx", "intra_op_threads": str(serving.intra_op_threads),
                     "lone_text_threads": str(serving.lone_text_threads),
                     "max_batch_tokens": str(serving.max_batch_tokens if ragged else 0),
@@ -233,7 +233,7 @@ def fused_model(
         outputs=(*postprocess.outputs, tokenizer.outputs[-1], Tensor(contract.OUTPUT_TOKENS, "TYPE_INT64", (1,))),
         max_batch_size=serving.max_batch_size,
         instance_count=serving.model_instances,
-        batching=Batching(serving.model_queue_delay_us, serving.preferred_batch_sizes),
+        batching=Batching(serving.model_queue_delay_us, serving.model_batch_sizes(serving.max_batch_size)),
         parameters={
             **contract_parameters(checkpoint, settings, text),
             "settings": settings.to_json(),
