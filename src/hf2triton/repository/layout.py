@@ -113,7 +113,7 @@ def balanced_batch_sizes(rows: int, instances: int) -> tuple[int, ...]:
     fill, else everything queued. Without preferred sizes the first free instance took the
     whole queue (14 texts at concurrency 16) while the other ran the texts that came back
     one at a time: half the executions held one text, at 10.7 ms against 8.3 per text at
-    eight. With these, the fused model served 5 % more at c16 and the same at c64
+    eight. With these, the fused model served 5-7 % more at c16 and about 1.5 % less at c64
     (README, Performance). Pointless with one instance: it would only split its own queue.
     """
     if instances < 2:
