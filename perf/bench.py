@@ -13,13 +13,15 @@ news sentences that are not in the project's corpus: see ``bench_texts.py``):
    measured before and again after the served cells, the faster of the two kept per cell
    (a ceiling measured while the machine was briefly slow would flatter the ratios);
 2. hf2triton served: each layout/variant in ``--variants``, one text per request over gRPC,
-   concurrency 1 / 16 / 64 (closed loop), each cell right after its in-process counterpart
-   (batch 1 for c1, the sorted ceiling for c16/c64; half a cell's time, the server idle);
+   concurrency 1 / 16 / 64 (closed loop), each cell in ``--rounds`` rounds (default 3), each
+   round right after its in-process counterpart (batch 1 for c1, the sorted ceiling for
+   c16/c64; half a cell's time, the server idle); the cell reports its median round;
 3. Infinity (``infinity-emb``) ONNX and torch engines, installed into ``perf/.peers/infinity``
    and started as DESIGN.md says, answers checked against sentence-transformers first.
 
 Ratios printed: served ÷ length-sorted ceiling at c16/c64 (the run's faster pass, and the
-one measured just before the cell), p50 at c1 minus batch 1's just before, served ÷
+median over rounds of each round ÷ the one measured just before it), p50 at c1 minus batch
+1's just before (median over rounds), served ÷
 Infinity ONNX at c1/c16/c64. Every cell records the CPU other processes used (``hf2triton.cpu.CpuMeter``);
 a cell over ``--max-other`` percent is measured again (``--retries``) and the quietest kept.
 Results go to ``perf/results/bench_<time>.json``; ``--publish`` also writes
@@ -47,7 +49,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "perf"))
 
 from bench_ceiling import InProcess, batches_of, ceiling_model, measure_in_process, quietest  # noqa: E402
-from bench_report import document, print_report  # noqa: E402
+from bench_report import document, median_round, print_report  # noqa: E402
 from hf2triton.cpu import CpuMeter, cpu_flags  # noqa: E402
 from hf2triton.perf.report import plot_throughput_latency  # noqa: E402
 from hf2triton.perf.sweep import PerfPoint, SweepSettings, run_sweep  # noqa: E402
@@ -153,12 +155,13 @@ def measure_served(server, variant: str, texts: list[str], concurrency: int, arg
 # the length-sorted ceiling (throughput) under load.
 ADJACENT_CEILING = {1: "ort_b1", 16: "ort_b32_sorted", 64: "ort_b32_sorted"}
 
-ServedCells = dict[str, dict[int, tuple[PerfPoint, InProcess]]]
+ServedCells = dict[str, dict[int, list[tuple[PerfPoint, InProcess]]]]
 
 
 def measure_all_served(root: Path, texts: list[str], cells: CeilingCells, args) -> ServedCells:
-    """Each served cell, and its in-process counterpart measured just before it (same
-    machine state: these machines drift by 10 % within a run), with the server idle."""
+    """Each served cell in ``args.rounds`` rounds, each round after its in-process
+    counterpart (same machine state: these machines drift by 10 % within a run), measured
+    with the server idle."""
     from hf2triton.serving import LocalTritonServer, ServerConfig
 
     config = ServerConfig(model_repository=root, http_port=0, grpc_port=0, metrics_port=0)
@@ -169,12 +172,13 @@ def measure_all_served(root: Path, texts: list[str], cells: CeilingCells, args) 
             for concurrency in CONCURRENCIES:
                 name = ADJACENT_CEILING[concurrency]
                 call, batches = cells[name]
-                adjacent = measure_in_process(name, call, batches, args.seconds / 2, args.max_other, args.retries,
-                                              meter)
-                print(f"  in-process {name} (just before): {adjacent.texts_per_s:.1f} texts/s, "
-                      f"p50 {adjacent.p50_ms:.1f} ms", flush=True)
-                point = measure_served(server, variant, texts, concurrency, args)
-                found.setdefault(variant, {})[concurrency] = (point, adjacent)
+                for _ in range(args.rounds):
+                    adjacent = measure_in_process(name, call, batches, args.seconds / 2, args.max_other,
+                                                  args.retries, meter)
+                    print(f"  in-process {name} (just before): {adjacent.texts_per_s:.1f} texts/s, "
+                          f"p50 {adjacent.p50_ms:.1f} ms", flush=True)
+                    point = measure_served(server, variant, texts, concurrency, args)
+                    found.setdefault(variant, {}).setdefault(concurrency, []).append((point, adjacent))
     return found
 
 
@@ -243,6 +247,9 @@ def parse_args(argv):
     parser.add_argument("--max-other", type=float, default=25.0,
                         help="re-measure when other processes used more CPU than this %% (default: 25)")
     parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per served cell, each after its in-process counterpart; the report gives "
+                        "the median round and the median of the paired ratios (default: 3)")
     parser.add_argument("--texts", type=Path, help="your own texts, one per line (default: 600 news sentences)")
     parser.add_argument("--no-peers", action="store_true", help="skip Infinity")
     parser.add_argument("--no-fused-graph", action="store_true", help="skip the fused-graph in-process cell")
@@ -251,9 +258,9 @@ def parse_args(argv):
     parser.add_argument("-o", "--output-dir", type=Path, default=REPO / "perf" / "results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.retries = 1.5, 0
-    if args.seconds <= 0 or args.retries < 0:
-        parser.error("--seconds must be positive and --retries 0 or more")
+        args.seconds, args.retries, args.rounds = 1.5, 0, 1
+    if args.seconds <= 0 or args.retries < 0 or args.rounds < 1:
+        parser.error("--seconds must be positive, --retries 0 or more and --rounds 1 or more")
     return args
 
 
@@ -291,7 +298,8 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(result, indent=2) + "\n")
     plot = plot_throughput_latency([], args.output_dir / f"bench_{stamp}_throughput_p99.png",
                                    "all-MiniLM-L6-v2 served on this CPU, gRPC, 1 text/request, c = 1/16/64",
-                                   lines={v: [point for point, _ in cells.values()] for v, cells in served.items()})
+                                   lines={v: [median_round(rounds)[0] for rounds in cells.values()]
+                                          for v, cells in served.items()})
     if args.publish:
         written.append(REPO / "perf" / "throughput_p99.png")
         shutil.copyfile(plot, written[-1])

@@ -27,15 +27,30 @@ def step_share(point) -> float | None:
     return sum(v for k, v in shares.items() if not k.endswith("_model")) if len(shares) > 1 else None
 
 
-def served_cell(point, adjacent=None) -> dict:
-    """A served cell; ``adjacent``: its in-process counterpart (``InProcess``) measured just before it."""
+def median_round(rounds):
+    """The (served point, in-process counterpart) pair of median served throughput (the lower of two middles)."""
+    return sorted(rounds, key=lambda pair: pair[0].inferences_per_s)[(len(rounds) - 1) // 2]
+
+
+def served_cell(rounds) -> dict:
+    """A served cell measured in rounds: ``rounds`` holds (``PerfPoint``, its in-process
+    counterpart ``InProcess`` measured just before it, or None) per round.
+
+    The cell reports the round of median throughput; ``rounds`` keeps each round's pair, so
+    the paired ratios are medians of per-round ratios (a drift between rounds cancels out).
+    Errors count over every round.
+    """
+    point, adjacent = median_round(rounds)
     cell = {
         "texts_per_s": point.inferences_per_s, "p50_ms": point.p50_us / 1000, "p99_ms": point.p99_us / 1000,
-        "requests": point.requests, "errors": point.errors, "first_error": point.first_error,
+        "requests": point.requests, "errors": sum(p.errors for p, _ in rounds),
+        "first_error": next((p.first_error for p, _ in rounds if p.first_error), ""),
         "stable": point.stable, "other_cpu_pct": point.cpu_other_pct, "tokenizer_postprocess_share": step_share(point),
     }
     if adjacent is not None:
         cell["adjacent"] = asdict(adjacent)
+    cell["rounds"] = [{"texts_per_s": p.inferences_per_s, "p50_ms": p.p50_us / 1000, "other_cpu_pct": p.cpu_other_pct,
+                       "adjacent": None if a is None else asdict(a)} for p, a in rounds]
     return cell
 
 
@@ -71,22 +86,35 @@ def ratios(result: dict) -> dict[str, dict[str, float | None]]:
 
 def paired(cells: dict) -> dict[str, float | None]:
     """Against the in-process cell measured just before each served cell: c16/c64 ÷ the sorted
-    ceiling, and c1's p50 minus batch 1's p50 (ms). None where a cell has no counterpart."""
+    ceiling, and c1's p50 minus batch 1's p50 (ms); the median over the cell's rounds. None
+    where a cell has no counterpart."""
     row = {}
     for c in ("16", "64"):
-        adjacent = cells[c].get("adjacent")
-        row[f"c{c}_over_adjacent_ceiling"] = ratio(cells[c]["texts_per_s"], adjacent and adjacent["texts_per_s"])
-    adjacent = cells["1"].get("adjacent")
-    row["c1_p50_over_adjacent_b1_ms"] = cells["1"]["p50_ms"] - adjacent["p50_ms"] if adjacent else None
+        row[f"c{c}_over_adjacent_ceiling"] = _median([ratio(r["texts_per_s"], r["adjacent"]["texts_per_s"])
+                                                      for r in _pairs(cells[c])])
+    row["c1_p50_over_adjacent_b1_ms"] = _median([r["p50_ms"] - r["adjacent"]["p50_ms"] for r in _pairs(cells["1"])])
     return row
+
+
+def _pairs(cell: dict) -> list[dict]:
+    """The cell's rounds that have an in-process counterpart (results files from before
+    rounds hold one served figure and its ``adjacent``)."""
+    rounds = cell.get("rounds") or [{**cell, "adjacent": cell.get("adjacent")}]
+    return [r for r in rounds if r.get("adjacent")]
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def contention(result: dict) -> dict[str, float]:
     """Other processes' CPU over every cell: the median and the worst."""
     values = [c["other_cpu_pct"] for c in result["ceilings"].values()]
-    values += [cell["other_cpu_pct"] for cells in result["served"].values() for cell in cells.values()]
-    values += [cell["adjacent"]["other_cpu_pct"] for cells in result["served"].values() for cell in cells.values()
-               if "adjacent" in cell]
+    for cell in (cell for cells in result["served"].values() for cell in cells.values()):
+        for measured in cell.get("rounds") or [cell]:
+            values += [measured["other_cpu_pct"]] + ([measured["adjacent"]["other_cpu_pct"]]
+                                                     if measured.get("adjacent") else [])
     values += [p["other_cpu_pct"] for peer in result["peers"].values() for p in peer.get("points", {}).values()]
     values = [v for v in values if v is not None and not math.isnan(v)]
     return {"median": statistics.median(values), "max": max(values)} if values else {}
@@ -102,6 +130,7 @@ def document(command: str, args, texts: list[str], source: str, ceilings, served
         "cores": os.cpu_count(),
         "cpu_flags": list(cpu_flags()),
         "seconds_per_cell": args.seconds,
+        "rounds": getattr(args, "rounds", 1),
         "max_other_pct": args.max_other,
         "texts": {"source": source, "count": len(texts), "median_words": statistics.median(words),
                   "max_words": max(words)},
@@ -109,7 +138,7 @@ def document(command: str, args, texts: list[str], source: str, ceilings, served
         "ceilings": {name: asdict(cell) for name, cell in ceilings.items()},
         "ceiling_passes": {when: {name: round(cell.texts_per_s, 1) for name, cell in cells.items()}
                            for when, cells in (passes or {}).items()},
-        "served": {variant: {str(c): served_cell(*cell) for c, cell in cells.items()}
+        "served": {variant: {str(c): served_cell(rounds) for c, rounds in cells.items()}
                    for variant, cells in served.items()},
         "peers": {name: {**peer, "points": {str(c): p for c, p in peer.get("points", {}).items()}}
                   for name, peer in peers.items()},
@@ -151,7 +180,8 @@ def print_report(result: dict) -> None:
         print(f"  {variant:<18} ÷ sorted ceiling c16 {_fmt(row['c16_over_sorted_ceiling'])} "
               f"c64 {_fmt(row['c64_over_sorted_ceiling'])}   ÷ Infinity ONNX c1 {_fmt(row['c1_over_infinity_onnx'])} "
               f"c16 {_fmt(row['c16_over_infinity_onnx'])} c64 {_fmt(row['c64_over_infinity_onnx'])}")
-    print("paired with the in-process cell measured just before each served cell:")
+    print(f"paired with the in-process cell measured just before each served cell "
+          f"(median of {result.get('rounds', 1)} rounds):")
     for variant, row in result["ratios"].items():
         gap = row.get("c1_p50_over_adjacent_b1_ms")
         print(f"  {variant:<18} ÷ sorted ceiling c16 {_fmt(row.get('c16_over_adjacent_ceiling'))} "

@@ -88,7 +88,9 @@ def test_ratios_against_the_sorted_ceiling_and_infinity_onnx():
 
 def test_each_served_cell_is_paired_with_the_in_process_cell_measured_just_before_it():
     from bench_ceiling import InProcess
-    from bench_report import served_cell
+    from dataclasses import asdict
+
+    from bench_report import paired, served_cell
     from hf2triton.perf.sweep import PerfPoint
 
     def point(texts_per_s: float, p50_ms: float) -> PerfPoint:
@@ -98,21 +100,33 @@ def test_each_served_cell_is_paired_with_the_in_process_cell_measured_just_befor
                          stable=True, cpu_busy_pct=0, cpu_other_pct=2.0)
 
     result = document(None)
+    b1, ceiling = (lambda ms: InProcess("ort_b1", 200.0, ms, 9.0, 1.0)), (
+        lambda texts_per_s: InProcess("ort_b32_sorted", texts_per_s, 110.0, 200.0, 0.0))
     result["served"]["ensemble"] = {
-        "1": served_cell(point(150.0, 6.5), InProcess("ort_b1", 200.0, 4.8, 9.0, 1.0)),
-        "16": served_cell(point(225.0, 70.0), InProcess("ort_b32_sorted", 250.0, 110.0, 200.0, 0.0)),
-        "64": served_cell(point(240.0, 260.0), InProcess("ort_b32_sorted", 240.0, 110.0, 200.0, 0.0)),
+        "1": served_cell([(point(150.0, 6.5), b1(4.8))]),
+        # three rounds: the machine slowed in the second; each round divides by its own ceiling
+        "16": served_cell([(point(225.0, 70.0), ceiling(250.0)), (point(180.0, 80.0), ceiling(200.0)),
+                           (point(260.0, 60.0), ceiling(250.0))]),
+        "64": served_cell([(point(240.0, 260.0), ceiling(240.0))]),
     }
+    cell = result["served"]["ensemble"]["16"]
+    assert cell["texts_per_s"] == 225.0 and cell["adjacent"]["texts_per_s"] == 250.0  # the median round
+    assert [r["texts_per_s"] for r in cell["rounds"]] == [225.0, 180.0, 260.0]
     row = ratios(result)["ensemble"]
-    assert row["c16_over_adjacent_ceiling"] == pytest.approx(0.9)
+    assert row["c16_over_adjacent_ceiling"] == pytest.approx(0.9)  # median of 0.90, 0.90, 1.04
     assert row["c64_over_adjacent_ceiling"] == pytest.approx(1.0)
     assert row["c1_p50_over_adjacent_b1_ms"] == pytest.approx(1.7)
     assert row["c16_over_sorted_ceiling"] == pytest.approx(225 / 200)  # the run's ceiling stays beside it
     result |= {"command": "c", "date": "d", "cores": 2, "cpu_flags": [], "seconds_per_cell": 8, "ratios": ratios(result),
                "texts": {"source": "here", "count": 600, "median_words": 22, "max_words": 67}}
     assert "| 0.90 / 1.00 | 1.7 ms |" in readme_table.render(result)
-    result["served"]["ensemble"]["16"].pop("adjacent")  # a results file from before pairing renders too
+    for key in ("adjacent", "rounds"):  # a results file from before pairing renders too
+        result["served"]["ensemble"]["16"].pop(key)
     assert "| — / 1.00 | 1.7 ms |" in readme_table.render(result | {"ratios": ratios(result)})
+    before_rounds = {**result["served"]["ensemble"]["64"], "adjacent": asdict(ceiling(300.0))}
+    before_rounds.pop("rounds")  # one served figure and its counterpart, as before rounds
+    assert paired({"1": result["served"]["ensemble"]["1"], "16": before_rounds, "64": before_rounds})[
+        "c16_over_adjacent_ceiling"] == pytest.approx(240 / 300)
 
 
 def test_sentences_are_split_and_drawn_without_the_project_texts():
