@@ -111,6 +111,16 @@ def test_stability_needs_agreeing_windows():
     assert not is_stable([window(100, 10), window(150, 10), window(100, 10)], 3, 10)
 
 
+def test_a_sweep_sends_every_text():
+    from hf2triton.perf.sweep import request_batches
+
+    texts = [f"text {i}" for i in range(600)]
+    sent = {row.decode() for batch in request_batches(texts, 1) for row in batch.texts[:, 0]}
+    assert sent == set(texts)  # 600 requests, not the first 512 texts: the in-process cells read all 600
+    assert len(request_batches(texts, 32)) == 512  # large batches wrap around
+    assert len(request_batches(texts[:10], 1)) == 512
+
+
 def test_sweep_settings_are_validated():
     with pytest.raises(Hf2TritonError, match="protocol.*concurrencies"):
         SweepSettings(model="m", urls={"udp": "x"}, concurrencies=(0,))

@@ -212,9 +212,11 @@ class RequestBatch:
 
 def request_batches(texts: Sequence[str], batch_size: int, count: int = 512,
                     pairs: bool = False) -> list[RequestBatch]:
-    """``count`` requests of ``batch_size`` consecutive texts (wrapping around); with
-    ``pairs`` each text's pair is the text after it."""
+    """At least ``count`` requests of ``batch_size`` consecutive texts (wrapping around), and
+    enough to send every text: a sweep and an in-process run over the same texts must see
+    the same texts. With ``pairs`` each text's pair is the text after it."""
     encoded = [t.encode("utf-8") for t in texts]
+    count = max(count, -(-len(encoded) // batch_size))
 
     def rows(first: int) -> np.ndarray:
         chosen = [encoded[(first + j) % len(encoded)] for j in range(batch_size)]
