@@ -184,7 +184,8 @@ def packed_batch(token_ids: list, rows: list[list[int]], pad_id: int = 0,
     return PackedBatch(feeds, places, texts)
 
 
-def unpack(output: np.ndarray, batch: PackedBatch, lengths: np.ndarray, texts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def unpack(output: np.ndarray, batch: PackedBatch, lengths: np.ndarray,
+           texts: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """A packed call's per-token ``output`` [rows, width, ...] as padded rows for ``texts``,
     [len(texts), longest, ...], with their attention mask."""
     width = max(int(max(lengths[i] for i in texts)), 1)

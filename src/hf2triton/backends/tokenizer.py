@@ -112,8 +112,9 @@ def tokenize_serially() -> None:
     the cores the model step needs. Measured on 2 cores (default model): 74 -> 50 µs of
     CPU per text at 4 texts per call, and the ensemble's tokenizer + postprocess share of
     server compute at c16 12-14 % instead of 15-16 %, same throughput
-    (``perf/cpu_breakdown.py REPOSITORY ensemble --concurrency 16``, three rounds each way). Called from a served model's ``initialize``, never on import: the
-    library's own users keep their setting.
+    (``perf/cpu_breakdown.py REPOSITORY ensemble --concurrency 16``, three rounds each way).
+    Called from a served model's ``initialize``, never on import: the library's own users
+    keep their setting.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
