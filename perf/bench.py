@@ -12,12 +12,17 @@ news sentences that are not in the project's corpus: see ``bench_texts.py``):
    Runtime's transformer-fused fp32 graph, sorted batch 32 (is it the faster graph?);
    measured before and again after the served cells, the faster of the two kept per cell
    (a ceiling measured while the machine was briefly slow would flatter the ratios);
-2. hf2triton served: each layout/variant in ``--variants``, one text per request over gRPC,
+2. hf2triton served: each layout/variant in ``--variants``, one text per request,
    concurrency 1 / 16 / 64 (closed loop), each cell in ``--rounds`` rounds (default 3), each
    round right after its in-process counterpart (batch 1 for c1, the sorted ceiling for
    c16/c64; half a cell's time, the server idle); the cell reports its median round;
 3. Infinity (``infinity-emb``) ONNX and torch engines, installed into ``perf/.peers/infinity``
    and started as DESIGN.md says, answers checked against sentence-transformers first.
+
+The load generator (``--load-generator``) drives every server alike: ``wrk`` (C, HTTP; the
+default when it is installed) takes ~90 µs of CPU per request, the asyncio one (Python;
+served cells over gRPC) ~320 µs: on 2 cores at 240 requests/s that is 2 % against 5 % of
+the machine the servers are measured on.
 
 Ratios printed: served ÷ length-sorted ceiling at c16/c64 (the run's faster pass, and the
 median over rounds of each round ÷ the one measured just before it), p50 at c1 minus batch
@@ -52,7 +57,8 @@ from bench_ceiling import InProcess, batches_of, ceiling_model, measure_in_proce
 from bench_report import document, median_round, print_report  # noqa: E402
 from hf2triton.cpu import CpuMeter, cpu_flags  # noqa: E402
 from hf2triton.perf.report import plot_throughput_latency  # noqa: E402
-from hf2triton.perf.sweep import PerfPoint, SweepSettings, run_sweep  # noqa: E402
+from hf2triton.perf.sweep import LOAD_GENERATORS, PerfPoint, SweepSettings, run_sweep  # noqa: E402
+from hf2triton.perf.wrk import INSTALL_HINT  # noqa: E402
 from hf2triton.repository import ServingOptions  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -142,8 +148,10 @@ def faster_cells(first: dict[str, InProcess], again: dict[str, InProcess]) -> di
 
 def measure_served(server, variant: str, texts: list[str], concurrency: int, args) -> PerfPoint:
     meter = CpuMeter(os.getpgid(server.pid))
-    settings = SweepSettings(model=variant, urls={"grpc": server.grpc_url}, concurrencies=(concurrency,),
-                             window_s=args.seconds / 3, warmup_s=1.0, stable_windows=3, max_windows=6)
+    wrk = args.load_generator == "wrk"
+    settings = SweepSettings(model=variant, urls={"http": server.http_url} if wrk else {"grpc": server.grpc_url},
+                             concurrencies=(concurrency,), window_s=args.seconds / 3, warmup_s=1.0,
+                             stable_windows=3, max_windows=6, load_generator=args.load_generator)
     best = quietest(f"{variant} c{concurrency}", lambda: run_sweep(settings, texts, meter)[0],
                     lambda point: point.cpu_other_pct, args.max_other, args.retries)
     print(f"  served {variant} c{concurrency}: {best.inferences_per_s:.1f} texts/s "
@@ -218,7 +226,7 @@ def measure_peer_cell(server, texts: list[str], concurrency: int, args):
     import bench_peers
 
     best = quietest(f"{server.engine} c{concurrency}",
-                    lambda: bench_peers.measure_peer(server, texts, concurrency, args.seconds),
+                    lambda: bench_peers.measure_peer(server, texts, concurrency, args.seconds, args.load_generator),
                     lambda point: point.other_cpu_pct, args.max_other, args.retries)
     print(f"  {server.engine} c{concurrency}: {best.texts_per_s:.1f} texts/s (other CPU {best.other_cpu_pct:.0f}%)",
           flush=True)
@@ -250,6 +258,9 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per served cell, each after its in-process counterpart; the report gives "
                         "the median round and the median of the paired ratios (default: 3)")
+    parser.add_argument("--load-generator", choices=LOAD_GENERATORS, default=None,
+                        help="what sends the requests, to every server alike: wrk (C, HTTP; the default when "
+                        "installed) or asyncio (Python; gRPC to hf2triton, HTTP to Infinity)")
     parser.add_argument("--texts", type=Path, help="your own texts, one per line (default: 600 news sentences)")
     parser.add_argument("--no-peers", action="store_true", help="skip Infinity")
     parser.add_argument("--no-fused-graph", action="store_true", help="skip the fused-graph in-process cell")
@@ -259,6 +270,11 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.retries, args.rounds = 1.5, 0, 1
+    if args.load_generator is None:
+        args.load_generator = "wrk" if shutil.which("wrk") else "asyncio"
+        if args.load_generator == "asyncio":
+            print(f"note: wrk is not installed, so Python clients send the requests (more CPU taken from the "
+                  f"servers measured); {INSTALL_HINT}", flush=True)
     if args.seconds <= 0 or args.retries < 0 or args.rounds < 1:
         parser.error("--seconds must be positive, --retries 0 or more and --rounds 1 or more")
     return args
@@ -279,7 +295,7 @@ def main(argv=None) -> int:
     words = [len(t.split()) for t in texts]
     print(f"CPU: {os.cpu_count()} cores, flags {' '.join(cpu_flags()) or 'none of AVX2/AVX-512/VNNI'}; "
           f"{len(texts)} texts (median {statistics.median(words):.0f} words, max {max(words)}) from {source}; "
-          f"one text per served request", flush=True)
+          f"one text per served request, sent by {args.load_generator}", flush=True)
     with tempfile.TemporaryDirectory(prefix="hf2triton-bench-") as tmp:
         root = Path(tmp) / "repository"
         checkpoint = export_variants(root, args.variants)
@@ -297,7 +313,8 @@ def main(argv=None) -> int:
     for path in written:
         path.write_text(json.dumps(result, indent=2) + "\n")
     plot = plot_throughput_latency([], args.output_dir / f"bench_{stamp}_throughput_p99.png",
-                                   "all-MiniLM-L6-v2 served on this CPU, gRPC, 1 text/request, c = 1/16/64",
+                                   f"all-MiniLM-L6-v2 served on this CPU, {result['served_protocol']}, "
+                                   "1 text/request, c = 1/16/64",
                                    lines={v: [median_round(rounds)[0] for rounds in cells.values()]
                                           for v, cells in served.items()})
     if args.publish:

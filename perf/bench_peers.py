@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from hf2triton.cpu import CpuMeter
+from hf2triton.perf import wrk
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,25 @@ async def _closed_loop(url: str, texts: list[str], concurrency: int, warmup_s: f
         return latencies, errors, first_error, time.perf_counter() - began
 
 
+def _wrk_loop(url: str, texts: list[str], concurrency: int, warmup_s: float, seconds: float):
+    """The same closed loop sent by wrk: a warm-up run, then the measured one."""
+    bodies = wrk.openai_bodies(texts, ".")
+    wrk.run_wrk(f"{url}/embeddings", bodies, concurrency, warmup_s)
+    run = wrk.run_wrk(f"{url}/embeddings", bodies, concurrency, seconds)
+    return [latency / 1e6 for latency in run.latencies_us], run.errors, run.first_error, run.duration_s
+
+
 def measure_peer(server: InfinityServer, texts: list[str], concurrency: int, seconds: float,
-                 warmup_s: float = 1.0) -> PeerPoint:
-    """Texts/s and latency of ``server`` under closed-loop load, and other processes' CPU meanwhile."""
+                 load_generator: str = "asyncio", warmup_s: float = 1.0) -> PeerPoint:
+    """Texts/s and latency of ``server`` under closed-loop load (from aiohttp clients, or
+    wrk), and other processes' CPU meanwhile (wrk's counts as ours once it has exited)."""
     meter = CpuMeter(server.pgid)
     before = meter.sample()
-    latencies, errors, first_error, elapsed = asyncio.run(
-        _closed_loop(server.url, texts, concurrency, warmup_s, seconds))
+    if load_generator == "wrk":
+        latencies, errors, first_error, elapsed = _wrk_loop(server.url, texts, concurrency, warmup_s, seconds)
+    else:
+        latencies, errors, first_error, elapsed = asyncio.run(
+            _closed_loop(server.url, texts, concurrency, warmup_s, seconds))
     usage = meter.usage(before, meter.sample())
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return PeerPoint(concurrency, len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),

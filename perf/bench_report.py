@@ -131,6 +131,8 @@ def document(command: str, args, texts: list[str], source: str, ceilings, served
         "cpu_flags": list(cpu_flags()),
         "seconds_per_cell": args.seconds,
         "rounds": getattr(args, "rounds", 1),
+        "load_generator": getattr(args, "load_generator", "asyncio"),
+        "served_protocol": "HTTP" if getattr(args, "load_generator", "asyncio") == "wrk" else "gRPC",
         "max_other_pct": args.max_other,
         "texts": {"source": source, "count": len(texts), "median_words": statistics.median(words),
                   "max_words": max(words)},
@@ -148,6 +150,12 @@ def document(command: str, args, texts: list[str], source: str, ceilings, served
     return result
 
 
+def served_by(result: dict) -> str:
+    """How the served cells were loaded; results files from before ``load_generator`` used asyncio + gRPC."""
+    generator = result.get("load_generator", "asyncio")
+    return f"{result.get('served_protocol', 'gRPC')}, requests sent by {generator}"
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -163,7 +171,8 @@ def print_report(result: dict) -> None:
     if passes:
         print("  the faster of " + ", ".join(
             f"{when}: {' / '.join(f'{value:.0f}' for value in cells.values())}" for when, cells in passes.items()))
-    print("\nserved (gRPC, one text per request) and peers, texts/s at c1 / c16 / c64 (other CPU %):")
+    print(f"\nserved ({served_by(result)}, one text per request) and peers, texts/s at c1 / c16 / c64 "
+          "(other CPU %):")
     for variant, cells in result["served"].items():
         print(f"  hf2triton {variant:<18} " + " / ".join(f"{cells[c]['texts_per_s']:.1f}" for c in ("1", "16", "64"))
               + "  (" + "/".join(f"{cells[c]['other_cpu_pct']:.0f}" for c in ("1", "16", "64")) + ")")

@@ -27,6 +27,7 @@ CEILING_NAMES = {
     "ort_b1": "in-process ONNX Runtime, batch 1",
     "ort_fused_graph_b32_sorted": "in-process, ORT transformer-fused fp32 graph, batch 32 sorted",
 }
+LOAD_GENERATOR_NAMES = {"wrk": "wrk (C, HTTP/1.1)", "asyncio": "asyncio Python clients"}
 PEER_NAMES = {"infinity_onnx": "Infinity 0.0.78, ONNX engine", "infinity_torch": "Infinity 0.0.78, torch engine"}
 
 
@@ -41,10 +42,12 @@ def _levels(cells: dict, key: str, digits: int = 0) -> str:
 def render(result: dict) -> str:
     """Markdown for one results document: provenance, texts/s per cell, ratios."""
     texts, spread = result["texts"], result.get("contention_pct", {})
+    generator, protocol = result.get("load_generator", "asyncio"), result.get("served_protocol", "gRPC")
     lines = [
         f"Produced by `{result['command']}` on {result['date']}: {result['cores']} cores, CPU flags "
         f"{', '.join(result['cpu_flags']) or 'none of AVX2/AVX-512/VNNI'}; {texts['count']} texts "
         f"(median {texts['median_words']:.0f} words, max {texts['max_words']}) from {texts['source']}; "
+        f"requests sent by {LOAD_GENERATOR_NAMES.get(generator, generator)} to every server; "
         f"{result['seconds_per_cell']:g} s per cell; other processes' CPU per cell: median "
         f"{_num(spread.get('median'))} %, max {_num(spread.get('max'))} %.",
     ]
@@ -54,7 +57,7 @@ def render(result: dict) -> str:
                      "not how fast anything is.** Run it without `--quick` on a quiet machine for numbers.")
     lines += ["", "| what | texts/s at c1 / c16 / c64 | p50 ms at c1 / c16 / c64 | other CPU % |", "|---|---|---|---|"]
     for variant, cells in result["served"].items():
-        lines.append(f"| hf2triton served, {variant}, gRPC | {_levels(cells, 'texts_per_s')} | "
+        lines.append(f"| hf2triton served, {variant}, {protocol} | {_levels(cells, 'texts_per_s')} | "
                      f"{_levels(cells, 'p50_ms', 1)} | {_levels(cells, 'other_cpu_pct')} |")
     for name, peer in result["peers"].items():
         label = PEER_NAMES.get(name, name)

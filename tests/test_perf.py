@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -14,7 +15,8 @@ from hf2triton.cpu import CpuMeter, cpu_flags
 from hf2triton.perf.report import CSV_COLUMNS, write_report
 from hf2triton.perf.stats import composing_models, compute_shares, counters_from_stats, step_time
 from hf2triton.perf.sweep import SweepSettings, Window, is_stable, run_sweep
-from hf2triton.errors import Hf2TritonError
+from hf2triton.errors import Hf2TritonError, MissingDependencyError
+from hf2triton.perf import wrk
 
 PERF_ANALYZER_HEADER = (
     "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
@@ -71,6 +73,85 @@ def test_cli_perf_prints_points_and_writes_files(server, tmp_path, capsys):
     assert status == 0
     assert "grpc b1 c1" in out and "cli_grpc_b1.csv" in out
     assert (tmp_path / "cli_throughput_p99.png").is_file() and (tmp_path / "cli.json").is_file()
+
+
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None,
+                               reason="wrk is not installed (scripts/test.sh installs it where apt-get can)")
+
+
+@needs_wrk
+@pytest.mark.e2e
+def test_wrk_sweeps_the_http_endpoint_with_the_servers_statistics(server):
+    settings = tiny_settings(server, urls={"http": server.http_url}, concurrencies=(1, 4), window_s=1.0,
+                             warmup_s=0, load_generator="wrk")
+    points = run_sweep(settings, load_texts(), CpuMeter())
+    assert [(p.protocol, p.batch_size, p.concurrency) for p in points] == [
+        ("http", 1, 1), ("http", 1, 4), ("http", 3, 1), ("http", 3, 4)]
+    for point in points:
+        assert point.errors == 0 and point.requests > 0 and point.p99_us >= point.p50_us > 0
+        tokenizer, model, postprocess = point.steps
+        # Triton's statistics of the window count wrk's requests (they lag the answers by a few).
+        assert tokenizer.requests == pytest.approx(point.requests, rel=0.1)
+        assert model.executions > 0 and postprocess.requests > 0
+        assert point.inferences_per_s == pytest.approx(point.requests * point.batch_size / point.windows, rel=0.2)
+
+
+@needs_wrk
+@pytest.mark.e2e
+def test_wrk_counts_rejected_requests_with_the_servers_message(server):
+    too_long = ["x" * 3000]  # over the topics model's 2000-byte limit: every request is rejected
+    (point,) = run_sweep(tiny_settings(server, urls={"http": server.http_url}, concurrencies=(2,), batch_sizes=(1,),
+                                       window_s=1.0, warmup_s=0, load_generator="wrk"), too_long)
+    assert point.errors > 0 and point.requests == 0
+    assert point.first_error.startswith("400") and "2000 bytes" in point.first_error
+
+
+@needs_wrk
+@pytest.mark.e2e
+def test_cli_perf_with_wrk(server, tmp_path, capsys):
+    status = main(["perf", "--model", TOPICS, "--protocol", "http", "--http-url", server.http_url,
+                   "--load-generator", "wrk", "--concurrency", "2", "--window", "1", "--warmup", "0",
+                   "--stable-windows", "1", "--max-windows", "1", "-o", str(tmp_path), "--prefix", "wrk"])
+    assert status == 0
+    assert "http b1 c2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "wrk.json").read_text())["settings"]["load_generator"] == "wrk"
+
+
+def test_wrk_needs_plain_http(capsys):
+    with pytest.raises(Hf2TritonError, match="wrk speaks plain HTTP only"):
+        SweepSettings(model="m", urls={"grpc": "localhost:8001"}, load_generator="wrk")
+    assert main(["perf", "--load-generator", "wrk", "--concurrency", "1", "-o", "/nonexistent"]) == 2
+    assert "wrk speaks plain HTTP only" in capsys.readouterr().err
+
+
+def test_a_missing_wrk_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(wrk.shutil, "which", lambda name: None)
+    with pytest.raises(MissingDependencyError, match="apt-get install wrk"):
+        wrk.run_wrk("http://localhost:1/", ["{}"], 1, 1)
+
+
+def test_wrk_request_bodies_are_the_servers_json():
+    from hf2triton.perf.sweep import request_batches
+
+    texts = ['a "quoted" text', "ünïcode\nnewline"]
+    bodies = wrk.triton_bodies(request_batches(texts, 2, count=1, pairs=True), with_pairs=True)
+    assert len(bodies) == 1 and "\n" not in bodies[0]  # the Lua script reads one body per line
+    body = json.loads(bodies[0])
+    assert body["parameters"] == {"binary_data_output": True}
+    assert [(t["name"], t["shape"], t["data"]) for t in body["inputs"]] == [
+        ("TEXT", [2, 1], texts), ("TEXT_PAIR", [2, 1], texts[::-1])]
+    assert json.loads(wrk.openai_bodies(["hi"], ".")[0]) == {"model": ".", "input": ["hi"]}
+
+
+def test_wrk_results_count_answered_requests_and_keep_the_latency_shape():
+    raw = {"duration_us": 2_000_000, "requests": 4, "connect": 0, "read": 1, "write": 0, "status": 2, "timeout": 1,
+           "first_error": "400 too long", "latency_us": [[900, 2], [1000, 3], [5000, 3]]}
+    run = wrk.parse_result(raw)
+    assert run.duration_s == 2.0 and run.errors == 4 and run.first_error == "400 too long"
+    assert run.requests == 2 and run.latencies_us == (1000.0, 5000.0)  # 2 of 8 recorded, evenly spread
+    same = wrk.parse_result({**raw, "requests": 8, "status": 0})
+    assert same.latencies_us == (900.0,) * 2 + (1000.0,) * 3 + (5000.0,) * 3
+    assert wrk.parse_result({**raw, "status": 4}).requests == 0
 
 
 def test_cli_perf_reports_an_unreachable_server(capsys):

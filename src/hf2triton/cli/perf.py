@@ -22,12 +22,13 @@ from hf2triton.errors import MissingDependencyError
 SETTINGS = "hf2triton.perf.sweep:SweepSettings"
 # CLI option → SweepSettings field.
 SETTINGS_FIELDS = {"window": "window_s", "warmup": "warmup_s", "stability": "stability_pct",
-                   "stable_windows": "stable_windows", "max_windows": "max_windows"}
+                   "stable_windows": "stable_windows", "max_windows": "max_windows",
+                   "load_generator": "load_generator"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("perf", help="sweep a running server: perf_analyzer CSV columns, JSON, plots",
-                                 description="Load a running server with asyncio clients over a concurrency "
+                                 description="Load a running server with asyncio clients (or wrk) over a concurrency "
                                  "range; write perf_analyzer -f CSV, per-step JSON and PNG plots.")
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="model or ensemble (default: %(default)s)")
     parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=[PROTOCOLS[0]],
@@ -52,6 +53,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="(default: %(default)s)")
     parser.add_argument("--max-windows", type=int, default=LibraryDefault(SETTINGS, "max_windows"),
                         help="bound per point (default: %(default)s)")
+    parser.add_argument("--load-generator", choices=("asyncio", "wrk"),
+                        default=LibraryDefault(SETTINGS, "load_generator"),
+                        help="asyncio clients (Python) or wrk (C, plain HTTP only: --protocol http; takes a "
+                        "quarter of the CPU, which matters when the load runs on the server's machine) "
+                        "(default: %(default)s)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("perf/results"),
                         help="where CSV, JSON and PNG go (default: %(default)s)")
     parser.add_argument("--prefix", default="sweep", help="file name prefix (default: %(default)s)")

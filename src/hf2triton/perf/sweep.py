@@ -1,5 +1,9 @@
 """The local load generator: asyncio clients drive a running server like perf_analyzer.
 
+Or wrk (``load_generator="wrk"``, HTTP only, ``hf2triton.perf.wrk``): the same points,
+windows and server statistics, with the requests sent by a C program that leaves the
+cores to the server under test.
+
 For each protocol × request batch size × concurrency (a *point*), ``concurrency``
 workers each keep one request in flight over one shared tritonclient aio connection,
 sending real texts in order (with ``pairs``, each text with the next one as its
@@ -17,7 +21,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,7 @@ from hf2triton import contract
 from hf2triton.client.transport import PROTOCOLS, Transport, output_arrays, parse_endpoint
 from hf2triton.errors import ClientError, Hf2TritonError
 from hf2triton.cpu import CpuMeter, CpuUsage
+from hf2triton.perf import wrk
 from hf2triton.perf.stats import (
     ModelCounters,
     ServerTime,
@@ -39,6 +44,9 @@ from hf2triton.perf.stats import (
 
 log = logging.getLogger(__name__)
 
+
+
+LOAD_GENERATORS = ("asyncio", "wrk")
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,15 @@ class SweepSettings:
     request_timeout_s: float = 60.0
     tls: Mapping[str, Any] = field(default_factory=dict)  # parse_endpoint's TLS keywords (ssl, root_certificates, ...)
     pairs: bool = False  # send each text with the next one as its TEXT_PAIR (pair classifiers, rerankers)
+    load_generator: str = "asyncio"  # or "wrk": HTTP only, whole-second windows
 
     def __post_init__(self) -> None:
         problems = [f"unknown protocol {p!r} (use grpc or http)" for p in self.urls if p not in PROTOCOLS]
+        if self.load_generator not in LOAD_GENERATORS:
+            problems.append(f"unknown load generator {self.load_generator!r} (use {' or '.join(LOAD_GENERATORS)})")
+        if self.load_generator == "wrk" and (set(self.urls) - {"http"} or any(self.tls.values())):
+            problems.append("wrk speaks plain HTTP only: sweep the http protocol without TLS options, "
+                            "or use the asyncio load generator")
         if not self.urls:
             problems.append("no protocol to measure")
         if not self.concurrencies or min(self.concurrencies) < 1:
@@ -311,27 +325,68 @@ def _merge_steps(per_window: Sequence[tuple[StepTime, ...]]) -> tuple[StepTime, 
     return tuple(merged)
 
 
+async def measure_windows(measure: Callable[[], Awaitable[Window]], settings: SweepSettings, label: str,
+                          batch_size: int, progress: ProgressCallback | None) -> tuple[list[Window], bool]:
+    """Windows from ``measure`` until the last ``stable_windows`` agree, or ``max_windows``."""
+    windows: list[Window] = []
+    stable = False
+    while not stable and len(windows) < settings.max_windows:
+        windows.append(await measure())
+        stable = is_stable(windows, settings.stable_windows, settings.stability_pct)
+        if progress is not None:
+            progress(label, len(windows), windows[-1].requests_per_s * batch_size)
+    return windows, stable
+
+
 async def measure_point(connection: _Connection, batches: list[RequestBatch], settings: SweepSettings,
                         batch_size: int, concurrency: int, meter: CpuMeter,
                         progress: ProgressCallback | None = None) -> PerfPoint:
     """Warm up, then measure windows until stable or bounded; stop the workers cleanly."""
+    if settings.load_generator == "wrk":
+        return await measure_point_wrk(connection, batches, settings, batch_size, concurrency, meter, progress)
     recorder, stop = _Recorder(), asyncio.Event()
     workers = [asyncio.create_task(_worker(connection, batches, i, concurrency, recorder, stop))
                for i in range(concurrency)]
     label = f"{connection.protocol} b{batch_size} c{concurrency}"
     try:
         await asyncio.sleep(settings.warmup_s)
-        windows: list[Window] = []
-        stable = False
-        while not stable and len(windows) < settings.max_windows:
-            windows.append(await _measure_window(connection, recorder, meter, settings.window_s))
-            stable = is_stable(windows, settings.stable_windows, settings.stability_pct)
-            if progress is not None:
-                progress(label, len(windows), windows[-1].requests_per_s * batch_size)
+        windows, stable = await measure_windows(
+            lambda: _measure_window(connection, recorder, meter, settings.window_s), settings, label, batch_size,
+            progress)
     finally:
         stop.set()
         await asyncio.wait(workers, timeout=settings.request_timeout_s)
-    point = summarise(connection.protocol, batch_size, concurrency, windows, stable, settings.stable_windows)
+    return _logged(summarise(connection.protocol, batch_size, concurrency, windows, stable, settings.stable_windows),
+                   label)
+
+
+async def measure_point_wrk(connection: _Connection, batches: list[RequestBatch], settings: SweepSettings,
+                            batch_size: int, concurrency: int, meter: CpuMeter,
+                            progress: ProgressCallback | None = None) -> PerfPoint:
+    """The same point with wrk sending the requests: one wrk run per window (whole
+    seconds), server statistics and CPU sampled around each."""
+    url = f"http://{connection.url.split('://')[-1]}/v2/models/{connection.model}/infer"
+    bodies = wrk.triton_bodies(batches, with_pairs=settings.pairs)
+    seconds = max(1, round(settings.window_s))
+    label = f"http b{batch_size} c{concurrency} (wrk)"
+
+    async def window() -> Window:
+        before = await connection.counters()
+        cpu_before = meter.sample()  # wrk's CPU counts as the meter's own once it is reaped
+        run = await asyncio.to_thread(wrk.run_wrk, url, bodies, concurrency, seconds, settings.request_timeout_s)
+        cpu_after = meter.sample()
+        after = await connection.counters()
+        return Window(duration_s=run.duration_s, latencies_us=run.latencies_us, client_send_us=0.0,
+                      client_recv_us=0.0, errors=run.errors, first_error=run.first_error,
+                      steps=step_times(connection.steps, before, after), cpu=meter.usage(cpu_before, cpu_after))
+
+    if settings.warmup_s > 0:
+        await asyncio.to_thread(wrk.run_wrk, url, bodies, concurrency, settings.warmup_s, settings.request_timeout_s)
+    windows, stable = await measure_windows(window, settings, label, batch_size, progress)
+    return _logged(summarise("http", batch_size, concurrency, windows, stable, settings.stable_windows), label)
+
+
+def _logged(point: PerfPoint, label: str) -> PerfPoint:
     if point.errors:
         log.warning("%s: %d failed requests (first: %s)", label, point.errors, point.first_error)
     return point
