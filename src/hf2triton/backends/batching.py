@@ -25,6 +25,7 @@ import numpy as np
 # 0.125 ms on two = 16). Cutting where padding costs more than this is what lets a
 # queue of mixed lengths run near the length-sorted ceiling.
 CALL_COST_POSITIONS = 16
+_NEVER = np.iinfo(np.int64).max  # the cost of a sub-batch over the limits (np.iinfo is slow to build per row)
 
 
 def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0,
@@ -49,7 +50,7 @@ def plan_batches(lengths: np.ndarray, max_batch_tokens: int, max_rows: int = 0,
         allowed = (rows * width <= max_batch_tokens) | (rows == 1)
         if max_rows:
             allowed &= rows <= max_rows
-        cost = np.where(allowed, best[:end] + call_cost + rows * width, np.iinfo(np.int64).max)
+        cost = np.where(allowed, best[:end] + call_cost + rows * width, _NEVER)
         start[end] = int(np.argmin(cost))
         best[end] = cost[start[end]]
     batches, end = [], count
