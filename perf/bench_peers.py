@@ -230,25 +230,35 @@ async def _closed_loop(url: str, texts: list[str], concurrency: int, warmup_s: f
         return latencies, errors, first_error, time.perf_counter() - began
 
 
-def _wrk_loop(url: str, texts: list[str], concurrency: int, warmup_s: float, seconds: float):
-    """The same closed loop sent by wrk: a warm-up run, then the measured one."""
-    bodies = wrk.openai_bodies(texts, ".")
-    wrk.run_wrk(f"{url}/embeddings", bodies, concurrency, warmup_s)
-    run = wrk.run_wrk(f"{url}/embeddings", bodies, concurrency, seconds)
-    return [latency / 1e6 for latency in run.latencies_us], run.errors, run.first_error, run.duration_s
+def measure_peer_wrk(server: InfinityServer, texts: list[str], concurrency: int, seconds: float,
+                     warmup_s: float = 1.0) -> PeerPoint:
+    """The closed loop sent by wrk, windowed like the served cells: a warm-up run, then
+    windows of a third of ``seconds`` until three agree within 10 % (at most six)."""
+    from hf2triton.perf.sweep import is_stable
+
+    url, bodies, meter = f"{server.url}/embeddings", wrk.openai_bodies(texts, "."), CpuMeter(server.pgid)
+    wrk.drain(wrk.run_wrk(url, bodies, concurrency, warmup_s))
+    before = meter.sample()
+    run = wrk.run_wrk(url, bodies, concurrency, seconds / 3, 6, lambda windows: is_stable(windows, 3, 10.0))
+    usage = meter.usage(before, meter.sample())
+    wrk.drain(run)
+    used = run.windows[-3:]
+    rate = sum(w.requests for w in used) / sum(w.duration_s for w in used) if used else 0.0
+    ms = np.array(run.latencies_us or (float("nan"),)) / 1000
+    return PeerPoint(concurrency, rate, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),
+                     sum(w.requests for w in used), run.errors, run.first_error, usage.other_pct)
 
 
 def measure_peer(server: InfinityServer, texts: list[str], concurrency: int, seconds: float,
                  load_generator: str = "asyncio", warmup_s: float = 1.0) -> PeerPoint:
     """Texts/s and latency of ``server`` under closed-loop load (from aiohttp clients, or
     wrk), and other processes' CPU meanwhile (wrk's counts as ours once it has exited)."""
+    if load_generator == "wrk":
+        return measure_peer_wrk(server, texts, concurrency, seconds, warmup_s)
     meter = CpuMeter(server.pgid)
     before = meter.sample()
-    if load_generator == "wrk":
-        latencies, errors, first_error, elapsed = _wrk_loop(server.url, texts, concurrency, warmup_s, seconds)
-    else:
-        latencies, errors, first_error, elapsed = asyncio.run(
-            _closed_loop(server.url, texts, concurrency, warmup_s, seconds))
+    latencies, errors, first_error, elapsed = asyncio.run(
+        _closed_loop(server.url, texts, concurrency, warmup_s, seconds))
     usage = meter.usage(before, meter.sample())
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return PeerPoint(concurrency, len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),

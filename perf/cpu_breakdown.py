@@ -2,9 +2,11 @@
 this load generator) and per step (Triton's statistics), for each model × concurrency.
 
     PYTHONPATH=src python perf/cpu_breakdown.py REPOSITORY MODEL [MODEL ...] [--concurrency 1 16 64] [--pairs]
+        [--load-generator wrk]
 
 Starts the bundled tritonserver on REPOSITORY, drives each MODEL with the project's load
-generator (one text per request over gRPC, the benchmark's 600 texts when present, else
+generator (one text per request over gRPC, or HTTP from wrk, whose CPU counts as the load
+generator's once it exits; the benchmark's 600 texts when present, else
 the shipped corpus; ``--pairs``: each text with the next one as its ``TEXT_PAIR``, for
 pair classifiers and rerankers) and prints texts/s, p50, CPU % per process (100 % = one core) and
 each step's share of server compute with its requests per execution. How the fixed
@@ -28,7 +30,7 @@ sys.path.insert(0, str(REPO / "perf"))
 from bench_texts import cached_or_corpus  # noqa: E402
 
 from hf2triton.cpu import CpuMeter, cpu_flags, group_pids, process_jiffies  # noqa: E402
-from hf2triton.perf.sweep import SweepSettings, run_sweep  # noqa: E402
+from hf2triton.perf.sweep import LOAD_GENERATORS, SweepSettings, run_sweep  # noqa: E402
 
 BENCH_TEXTS = REPO / "perf" / ".peers" / "texts"  # where perf/bench.py keeps its sentences
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=6.0, help="measurement per cell (default: 6)")
     parser.add_argument("--pairs", action="store_true", help="send text pairs (pair classifiers, rerankers)")
+    parser.add_argument("--load-generator", choices=LOAD_GENERATORS, default="asyncio",
+                        help="asyncio clients over gRPC (default) or wrk over HTTP")
     args = parser.parse_args(argv)
     texts = cached_or_corpus(BENCH_TEXTS)
     print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}; {os.cpu_count()} cores; {len(texts)} texts")
@@ -77,9 +81,10 @@ def main(argv=None) -> int:
         pgid = os.getpgid(server.pid)
         for model in args.models:
             for concurrency in args.concurrency:
-                settings = SweepSettings(model=model, urls={"grpc": server.grpc_url}, concurrencies=(concurrency,),
+                urls = {"http": server.http_url} if args.load_generator == "wrk" else {"grpc": server.grpc_url}
+                settings = SweepSettings(model=model, urls=urls, concurrencies=(concurrency,),
                                          window_s=args.seconds / 3, warmup_s=1.0, stable_windows=3, max_windows=4,
-                                         pairs=args.pairs)
+                                         pairs=args.pairs, load_generator=args.load_generator)
                 before, start = snapshot(pgid), time.monotonic()
                 (point,) = run_sweep(settings, texts, CpuMeter(pgid))
                 used = cpu_by_process(before, snapshot(pgid), time.monotonic() - start)

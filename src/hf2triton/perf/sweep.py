@@ -1,8 +1,8 @@
 """The local load generator: asyncio clients drive a running server like perf_analyzer.
 
-Or wrk (``load_generator="wrk"``, HTTP only, ``hf2triton.perf.wrk``): the same points,
-windows and server statistics, with the requests sent by a C program that leaves the
-cores to the server under test.
+Or wrk (``load_generator="wrk"``, HTTP only, ``hf2triton.perf.wrk``): the same points and
+stability rule, with the requests sent by a C program that leaves the cores to the server
+under test; its windows are counted inside one wrk run per point.
 
 For each protocol × request batch size × concurrency (a *point*), ``concurrency``
 workers each keep one request in flight over one shared tritonclient aio connection,
@@ -43,8 +43,6 @@ from hf2triton.perf.stats import (
 )
 
 log = logging.getLogger(__name__)
-
-
 
 LOAD_GENERATORS = ("asyncio", "wrk")
 
@@ -248,7 +246,7 @@ async def _worker(connection: _Connection, batches: list[RequestBatch], offset: 
         index += stride
 
 
-def is_stable(windows: Sequence[Window], count: int, tolerance_pct: float) -> bool:
+def is_stable(windows: Sequence[Window | wrk.WrkWindow], count: int, tolerance_pct: float) -> bool:
     """perf_analyzer's rule: the last ``count`` windows' throughput and latency within tolerance of their mean."""
     if len(windows) < count:
         return False
@@ -363,27 +361,51 @@ async def measure_point(connection: _Connection, batches: list[RequestBatch], se
 async def measure_point_wrk(connection: _Connection, batches: list[RequestBatch], settings: SweepSettings,
                             batch_size: int, concurrency: int, meter: CpuMeter,
                             progress: ProgressCallback | None = None) -> PerfPoint:
-    """The same point with wrk sending the requests: one wrk run per window (whole
-    seconds), server statistics and CPU sampled around each."""
+    """The same point with wrk sending the requests: a warm-up run, then one run whose
+    windows wrk counts as they end, stopped once stable; server statistics and CPU are
+    sampled around that run (every window of it)."""
     url = f"http://{connection.url.split('://')[-1]}/v2/models/{connection.model}/infer"
     bodies = wrk.triton_bodies(batches, with_pairs=settings.pairs)
-    seconds = max(1, round(settings.window_s))
     label = f"http b{batch_size} c{concurrency} (wrk)"
-
-    async def window() -> Window:
-        before = await connection.counters()
-        cpu_before = meter.sample()  # wrk's CPU counts as the meter's own once it is reaped
-        run = await asyncio.to_thread(wrk.run_wrk, url, bodies, concurrency, seconds, settings.request_timeout_s)
-        cpu_after = meter.sample()
-        after = await connection.counters()
-        return Window(duration_s=run.duration_s, latencies_us=run.latencies_us, client_send_us=0.0,
-                      client_recv_us=0.0, errors=run.errors, first_error=run.first_error,
-                      steps=step_times(connection.steps, before, after), cpu=meter.usage(cpu_before, cpu_after))
-
+    timeout = settings.request_timeout_s
     if settings.warmup_s > 0:
-        await asyncio.to_thread(wrk.run_wrk, url, bodies, concurrency, settings.warmup_s, settings.request_timeout_s)
-    windows, stable = await measure_windows(window, settings, label, batch_size, progress)
-    return _logged(summarise("http", batch_size, concurrency, windows, stable, settings.stable_windows), label)
+        warm = await asyncio.to_thread(wrk.run_wrk, url, bodies, concurrency, settings.warmup_s, 1, None, timeout)
+        await asyncio.to_thread(wrk.drain, warm)
+
+    def enough(windows: list[wrk.WrkWindow]) -> bool:
+        if progress is not None:
+            progress(label, len(windows), windows[-1].requests_per_s * batch_size)
+        return is_stable(windows, settings.stable_windows, settings.stability_pct)
+
+    before, cpu_before = await connection.counters(), meter.sample()
+    run = await asyncio.to_thread(wrk.run_wrk, url, bodies, concurrency, settings.window_s, settings.max_windows,
+                                  enough, timeout)
+    cpu = meter.usage(cpu_before, meter.sample())  # wrk's CPU is the meter's own once it is reaped
+    steps = step_times(connection.steps, before, await connection.counters())
+    await asyncio.to_thread(wrk.drain, run)
+    stable = is_stable(run.windows, settings.stable_windows, settings.stability_pct)
+    return _logged(summarise_run(run, batch_size, concurrency, stable, settings.stable_windows, steps, cpu), label)
+
+
+def summarise_run(run: wrk.WrkRun, batch_size: int, concurrency: int, stable: bool, stable_windows: int,
+                  steps: tuple[StepTime, ...], cpu: CpuUsage) -> PerfPoint:
+    """A wrk run as a point: throughput over its last ``stable_windows`` windows, latency
+    percentiles over the whole run (wrk keeps one histogram), errors over the whole run.
+    wrk does not time sending and receiving apart: the client columns read 0."""
+    used = run.windows[-stable_windows:]
+    requests, duration = sum(w.requests for w in used), sum(w.duration_s for w in used)
+    latencies = np.array(run.latencies_us or (0.0,))
+    server = server_time(steps)
+    mean = float(latencies.mean())
+    p50, p90, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 90, 95, 99))
+    return PerfPoint(
+        protocol="http", batch_size=batch_size, concurrency=concurrency,
+        inferences_per_s=requests * batch_size / duration if duration else 0.0, requests=requests,
+        errors=run.errors, first_error=run.first_error, client_send_us=0.0,
+        network_us=max(0.0, mean - server.total_us), server=server, client_recv_us=0.0, p50_us=p50, p90_us=p90,
+        p95_us=p95, p99_us=p99, mean_latency_us=mean, steps=steps, windows=len(run.windows), stable=stable,
+        cpu_busy_pct=cpu.busy_pct, cpu_other_pct=cpu.other_pct,
+    )
 
 
 def _logged(point: PerfPoint, label: str) -> PerfPoint:
