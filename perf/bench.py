@@ -21,8 +21,8 @@ news sentences that are not in the project's corpus: see ``bench_texts.py``):
 
 The load generator (``--load-generator``) drives every server alike: ``wrk`` (C, HTTP; the
 default when it is installed) takes ~90 µs of CPU per request, the asyncio one (Python;
-served cells over gRPC) ~320 µs: on 2 cores at 240 requests/s that is 2 % against 5 % of
-the machine the servers are measured on.
+served cells over gRPC) ~320 µs: at 240 requests/s about 1 % against 4–5 % of the 2-core
+machine the servers are measured on (``perf record -a`` during a c16 cell).
 
 Ratios printed: served ÷ length-sorted ceiling at c16/c64 (the run's faster pass, and the
 median over rounds of each round ÷ the one measured just before it), p50 at c1 minus batch
@@ -148,8 +148,8 @@ def faster_cells(first: dict[str, InProcess], again: dict[str, InProcess]) -> di
 
 def measure_served(server, variant: str, texts: list[str], concurrency: int, args) -> PerfPoint:
     meter = CpuMeter(os.getpgid(server.pid))
-    wrk = args.load_generator == "wrk"
-    settings = SweepSettings(model=variant, urls={"http": server.http_url} if wrk else {"grpc": server.grpc_url},
+    over_http = args.load_generator == "wrk"  # wrk speaks HTTP only
+    settings = SweepSettings(model=variant, urls={"http": server.http_url} if over_http else {"grpc": server.grpc_url},
                              concurrencies=(concurrency,), window_s=args.seconds / 3, warmup_s=1.0,
                              stable_windows=3, max_windows=6, load_generator=args.load_generator)
     best = quietest(f"{variant} c{concurrency}", lambda: run_sweep(settings, texts, meter)[0],
