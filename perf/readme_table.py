@@ -70,7 +70,8 @@ def render(result: dict) -> str:
         lines.append(f"| {CEILING_NAMES.get(name, name)} | {cell['texts_per_s']:.0f} | {cell['p50_ms']:.1f} per batch "
                      f"| {cell['other_cpu_pct']:.0f} |")
     lines += ["", "| served | c16 ÷ sorted ceiling | c64 ÷ sorted ceiling | ÷ Infinity ONNX at c1 / c16 / c64 "
-              "| c16 / c64 ÷ sorted ceiling just before | p50 c1 − batch 1 just before |", "|---|---|---|---|---|---|"]
+              "| c16 / c64 ÷ sorted ceiling just before (median of rounds) "
+              "| p50 c1 − batch 1 just before (median of rounds) |", "|---|---|---|---|---|---|"]
     for variant, row in result["ratios"].items():
         infinity = " / ".join(_num(row[f"c{c}_over_infinity_onnx"], 2) for c in LEVELS)
         adjacent = " / ".join(_num(row.get(f"c{c}_over_adjacent_ceiling"), 2) for c in ("16", "64"))
