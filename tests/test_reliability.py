@@ -120,7 +120,10 @@ def test_killed_stub_is_detected_and_serve_restarts_the_server(small_repository,
             process.wait()
     reader.join(timeout=10)
     log = "".join(stderr)
-    assert "stub(s) died: clf_model version 1 instance clf_model_0_0" in log, log
+    # Either the watch sees the dead stub, or tritonserver aborts first (the stub died holding
+    # the python backend's shared-memory mutex: boost lock_exception); both are restarted.
+    assert ("stub(s) died: clf_model version 1 instance clf_model_0_0" in log
+            or "tritonserver died of SIGABRT" in log), log
     assert "restarts tritonserver on the same ports" in log and "ready again after" in log
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(after, reference))
     failed = load.failures

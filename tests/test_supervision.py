@@ -182,6 +182,30 @@ def test_repeated_stub_kills_back_off_then_give_up_with_the_reason(echo_reposito
     assert _processes_mentioning(str(echo_repository)) == []
 
 
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGABRT"])  # the OOM killer; a crash (lock_exception)
+def test_a_crashed_tritonserver_is_restarted_and_a_stopped_one_ends_serve(echo_repository, how):
+    serve = Serve(echo_repository, *FAST_RESTARTS)
+    try:
+        serve.wait_for("press Ctrl-C")
+        pid = int(next(line for _, line in serve.lines if "tritonserver pid" in line).split("tritonserver pid")[1]
+                  .split()[0])
+        os.kill(pid, getattr(signal, how))
+        serve.wait_for("ready again after")
+        serve.wait_for("press Ctrl-C", 2)
+        http_line = [line for _, line in serve.lines if "HTTP     http://" in line][-1]
+        assert check_health(http_line.split("http://")[1].strip()).healthy
+        second = int([line for _, line in serve.lines if "tritonserver pid" in line][-1]
+                     .split("tritonserver pid")[1].split()[0])
+        os.kill(second, signal.SIGTERM)  # not a crash: someone stopped it, so serve ends with the reason
+        assert serve.exit_status(60) != 0, serve.log()
+    finally:
+        serve.close()
+    log = serve.log()
+    assert f"tritonserver died of {how}" in log and "restarts tritonserver on the same ports" in log, log
+    assert log.count("ready again after") == 1 and "tritonserver exited by itself" in log, log
+    assert _processes_mentioning(str(echo_repository)) == []
+
+
 @pytest.mark.parametrize("ports", ["fixed", "free"])
 def test_port_taken_during_a_restart_is_waited_for_or_repicked(echo_repository, ports):
     fixed = {name: free_port() for name in ("http", "grpc", "metrics")}

@@ -9,6 +9,11 @@ cure into a restart loop, so restarts back off (``backoff_s``, doubling up to
 non-zero status and the reason. A server that stays healthy for ``stable_s`` starts the
 count again.
 
+tritonserver itself dying of a crash signal (abort, segfault, the kernel's OOM kill) is
+restarted the same way, under the same cap: a stub killed while it holds the python
+backend's shared-memory mutex makes tritonserver abort (boost ``lock_exception``, seen when
+a test killed a stub under load). Any other exit of the server ends the loop.
+
 A restart stops the broken server first, waits out the backoff, then starts again on the
 same ports (clients keep their addresses). When one of those ports is taken meanwhile, a
 port first asked for as 0 is picked afresh; a port asked for by number is waited for
@@ -19,6 +24,7 @@ Ctrl-C is honoured within a fraction of a second in every state.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -153,6 +159,18 @@ class SupervisionPolicy:
         return min(self.backoff_s * 2 ** (attempt - 1), self.backoff_max_s)
 
 
+# Deaths that are crashes (or the OOM killer), not someone stopping the server: restarted.
+CRASH_SIGNALS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                           signal.SIGKILL})
+
+
+def crash_signal(returncode: int | None) -> signal.Signals | None:
+    """The crash signal a process died of (``returncode`` -N), else None."""
+    if returncode is None or returncode >= 0 or -returncode not in CRASH_SIGNALS:
+        return None
+    return signal.Signals(-returncode)
+
+
 @dataclass(frozen=True)
 class SupervisionResult:
     """How the health loop ended: ``exit_status`` 0 when asked to stop."""
@@ -183,24 +201,30 @@ def supervise(
         if _wait(interval, should_stop):
             return SupervisionResult(0, "stop requested", restarts)
         code = server.returncode
-        if code is not None:
+        crash = crash_signal(code)
+        if code is not None and (crash is None or watch is None or policy is None):
             tail = read_tail(server.log_path).rstrip()
             reason = f"tritonserver exited by itself with status {code}; last lines of {server.log_path}:\n{tail}"
             return SupervisionResult(128 - code if code < 0 else (code or 1), reason, restarts)  # signal N: 128 + N
         if watch is None or policy is None:
             continue
-        dead = watch.check()
-        if not dead:
-            if in_a_row and time.monotonic() - healthy_since >= policy.stable_s:
-                logger.info("tritonserver healthy for %g s; the restart count starts again", policy.stable_s)
-                in_a_row = 0
-            continue
-        cause = f"python-backend stub(s) died: {', '.join(dead)}"
-        logger.error(
-            "%s. Triton does not restart them (every request to that model fails while the server still "
-            "reports ready), so hf2triton restarts tritonserver on the same ports",
-            cause,
-        )
+        if crash is not None:
+            cause = f"tritonserver died of {crash.name}"
+            logger.error("%s; last lines of %s:\n%s\nhf2triton restarts tritonserver on the same ports", cause,
+                         server.log_path, read_tail(server.log_path).rstrip())
+        else:
+            dead = watch.check()
+            if not dead:
+                if in_a_row and time.monotonic() - healthy_since >= policy.stable_s:
+                    logger.info("tritonserver healthy for %g s; the restart count starts again", policy.stable_s)
+                    in_a_row = 0
+                continue
+            cause = f"python-backend stub(s) died: {', '.join(dead)}"
+            logger.error(
+                "%s. Triton does not restart them (every request to that model fails while the server still "
+                "reports ready), so hf2triton restarts tritonserver on the same ports",
+                cause,
+            )
         outcome = _restart(server, policy, should_stop, in_a_row, cause)
         restarts += outcome.attempts
         in_a_row += outcome.attempts
