@@ -242,11 +242,10 @@ def measure_peer_wrk(server: InfinityServer, texts: list[str], concurrency: int,
     run = wrk.run_wrk(url, bodies, concurrency, seconds / 3, 6, lambda windows: is_stable(windows, 3, 10.0))
     usage = meter.usage(before, meter.sample())
     wrk.drain(run)
-    used = run.windows[-3:]
-    rate = sum(w.requests for w in used) / sum(w.duration_s for w in used) if used else 0.0
+    answered, rate = run.settled(3)
     ms = np.array(run.latencies_us or (float("nan"),)) / 1000
     return PeerPoint(concurrency, rate, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),
-                     sum(w.requests for w in used), run.errors, run.first_error, usage.other_pct)
+                     answered, run.errors, run.first_error, usage.other_pct)
 
 
 def measure_peer(server: InfinityServer, texts: list[str], concurrency: int, seconds: float,

@@ -167,6 +167,9 @@ def test_wrk_results_count_answered_requests_and_keep_the_latency_shape():
     same = wrk.parse_result({**raw, "requests": 8, "status": 0})
     assert same.latencies_us == (900.0,) * 2 + (1000.0,) * 3 + (5000.0,) * 3
     assert wrk.parse_result({**raw, "status": 4}).requests == 0
+    windows = tuple(wrk.WrkWindow(0.5, answered, 0, 2) for answered in (10, 40, 44))
+    assert wrk.parse_result(raw, windows).settled(2) == (84, 84.0)  # the last two windows: 84 answers in 1 s
+    assert run.settled(3) == (0, 0.0)
 
 
 def test_cli_perf_reports_an_unreachable_server(capsys):

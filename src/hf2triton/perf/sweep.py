@@ -21,7 +21,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,19 +323,6 @@ def _merge_steps(per_window: Sequence[tuple[StepTime, ...]]) -> tuple[StepTime, 
     return tuple(merged)
 
 
-async def measure_windows(measure: Callable[[], Awaitable[Window]], settings: SweepSettings, label: str,
-                          batch_size: int, progress: ProgressCallback | None) -> tuple[list[Window], bool]:
-    """Windows from ``measure`` until the last ``stable_windows`` agree, or ``max_windows``."""
-    windows: list[Window] = []
-    stable = False
-    while not stable and len(windows) < settings.max_windows:
-        windows.append(await measure())
-        stable = is_stable(windows, settings.stable_windows, settings.stability_pct)
-        if progress is not None:
-            progress(label, len(windows), windows[-1].requests_per_s * batch_size)
-    return windows, stable
-
-
 async def measure_point(connection: _Connection, batches: list[RequestBatch], settings: SweepSettings,
                         batch_size: int, concurrency: int, meter: CpuMeter,
                         progress: ProgressCallback | None = None) -> PerfPoint:
@@ -348,9 +335,13 @@ async def measure_point(connection: _Connection, batches: list[RequestBatch], se
     label = f"{connection.protocol} b{batch_size} c{concurrency}"
     try:
         await asyncio.sleep(settings.warmup_s)
-        windows, stable = await measure_windows(
-            lambda: _measure_window(connection, recorder, meter, settings.window_s), settings, label, batch_size,
-            progress)
+        windows: list[Window] = []
+        stable = False
+        while not stable and len(windows) < settings.max_windows:
+            windows.append(await _measure_window(connection, recorder, meter, settings.window_s))
+            stable = is_stable(windows, settings.stable_windows, settings.stability_pct)
+            if progress is not None:
+                progress(label, len(windows), windows[-1].requests_per_s * batch_size)
     finally:
         stop.set()
         await asyncio.wait(workers, timeout=settings.request_timeout_s)
@@ -392,15 +383,14 @@ def summarise_run(run: wrk.WrkRun, batch_size: int, concurrency: int, stable: bo
     """A wrk run as a point: throughput over its last ``stable_windows`` windows, latency
     percentiles over the whole run (wrk keeps one histogram), errors over the whole run.
     wrk does not time sending and receiving apart: the client columns read 0."""
-    used = run.windows[-stable_windows:]
-    requests, duration = sum(w.requests for w in used), sum(w.duration_s for w in used)
+    requests, rate = run.settled(stable_windows)
     latencies = np.array(run.latencies_us or (0.0,))
     server = server_time(steps)
     mean = float(latencies.mean())
     p50, p90, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 90, 95, 99))
     return PerfPoint(
         protocol="http", batch_size=batch_size, concurrency=concurrency,
-        inferences_per_s=requests * batch_size / duration if duration else 0.0, requests=requests,
+        inferences_per_s=rate * batch_size, requests=requests,
         errors=run.errors, first_error=run.first_error, client_send_us=0.0,
         network_us=max(0.0, mean - server.total_us), server=server, client_recv_us=0.0, p50_us=p50, p90_us=p90,
         p95_us=p95, p99_us=p99, mean_latency_us=mean, steps=steps, windows=len(run.windows), stable=stable,

@@ -141,6 +141,14 @@ class WrkRun:
     def requests(self) -> int:
         return len(self.latencies_us)
 
+    def settled(self, count: int) -> tuple[int, float]:
+        """Answers in the last ``count`` windows (the ones a stability rule agreed on), and
+        their rate per second; (0, 0.0) without windows."""
+        used = self.windows[-count:]
+        duration = sum(window.duration_s for window in used)
+        answered = sum(window.requests for window in used)
+        return answered, answered / duration if duration else 0.0
+
     @property
     def longest_us(self) -> float:
         return max(self.latencies_us, default=0.0)

@@ -201,8 +201,8 @@ def supervise(
         if _wait(interval, should_stop):
             return SupervisionResult(0, "stop requested", restarts)
         code = server.returncode
-        crash = crash_signal(code)
-        if code is not None and (crash is None or watch is None or policy is None):
+        crash = crash_signal(code) if watch is not None else None  # restarted only under a watch
+        if code is not None and crash is None:
             tail = read_tail(server.log_path).rstrip()
             reason = f"tritonserver exited by itself with status {code}; last lines of {server.log_path}:\n{tail}"
             return SupervisionResult(128 - code if code < 0 else (code or 1), reason, restarts)  # signal N: 128 + N
